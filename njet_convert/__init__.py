@@ -1,0 +1,41 @@
+"""njet_convert: model surgery that turns pretrained CNNs into N-Jet networks, fine-tunes and exports them.
+
+Public API (DESIGN §4): ``convert``, ``freeze``, ``export_onnx``, ``finetune``, ``save``, ``load``. Importing the
+package also registers the paper's model zoo in timm's registry (``timm.create_model("resnet32")``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._torchvision_guard import ensure_torchvision
+
+ensure_torchvision()  # before anything imports timm or torchvision
+
+# Public names -> the module that defines them; imported on first use to keep `import njet_convert` light.
+_PUBLIC = {
+    "convert": "njet_convert.converter",
+    "ConvertConfig": "njet_convert.config",
+    "ConversionReport": "njet_convert.report",
+    "save": "njet_convert.serialization",
+    "load": "njet_convert.serialization",
+    "freeze": "njet_convert.export.freeze",
+    "export_onnx": "njet_convert.export.onnx_export",
+    "finetune": "njet_convert.training.finetune",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'njet_convert' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+from . import models as _models  # noqa: E402,F401  (registers the model zoo with timm)

@@ -1,0 +1,187 @@
+"""NJetConv2d: a convolution whose filters are learned combinations of Gaussian-derivative basis filters.
+
+Each filter is ``F = sum_m alpha[o, c, m] * basis[m](sigma)`` (see :mod:`njet_layers.basis`); σ is one learned
+scale per layer that sets both the filter's detail and its size ``s = 2 * ceil(k * sigma) + 1``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .basis import basis_size, filter_radius, gaussian_basis
+from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds
+
+__all__ = ["NJetConv2d"]
+
+_Pair = int | tuple[int, int]
+
+
+def _pair(value: _Pair, name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or any(not isinstance(v, int) or v < 0 for v in pair):
+        raise ValueError(f"{name} must be a non-negative int or a pair of them, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+class NJetConv2d(nn.Module):
+    """N-Jet convolution (Pintea et al., TIP 2021) with a learned scale σ and learned basis weights α.
+
+    Args:
+        in_channels, out_channels, groups, bias: as in :class:`torch.nn.Conv2d`.
+        order: highest total derivative order ``N``; ``M = (N + 1)(N + 2) / 2`` basis filters.
+        sigma: initial scale (ignored when ``dilation_init`` is given).
+        k: filter extent in σ: the filter is clipped to radius ``ceil(k * sigma)``.
+        dilation_init: initialise σ as ``dilation_init / k`` so the filter spans a dilated 3×3 conv's footprint.
+        stride: kept for conversions that leave strides in place (``subsample="keep"``); N-Jet nets use 1.
+        crop: pixels removed from each border of the 'same'-size output, to reproduce a convolution with less
+            padding (such as 'valid') at an output size that does not depend on σ.
+        sigma_bounds: ``(min, max)`` of σ; default ``(0.25, max(8, 2 * sigma))``.
+        max_kernel_size: cap on the filter size ``s`` (odd); default implied by ``sigma_bounds``.
+        learn_sigma: whether σ is a trainable parameter.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        order: int = 3,
+        sigma: float = 1.0,
+        k: float = 2.0,
+        groups: int = 1,
+        bias: bool = False,
+        dilation_init: float | None = None,
+        *,
+        stride: _Pair = 1,
+        crop: _Pair = 0,
+        sigma_bounds: tuple[float, float] | None = None,
+        max_kernel_size: int | None = None,
+        learn_sigma: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        _check_channels(in_channels, out_channels, groups)
+        if not k > 0 or not math.isfinite(k):
+            raise ValueError(f"k must be a positive finite number, got {k!r}")
+        if dilation_init is not None:
+            if not dilation_init > 0:
+                raise ValueError(f"dilation_init must be positive, got {dilation_init!r}")
+            sigma = float(dilation_init) / k
+        if not sigma > 0 or not math.isfinite(sigma):
+            raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+        bounds = check_sigma_bounds(sigma_bounds or (DEFAULT_SIGMA_BOUNDS[0], max(DEFAULT_SIGMA_BOUNDS[1], 2 * sigma)))
+        if not bounds[0] <= sigma <= bounds[1]:
+            raise ValueError(f"sigma={sigma!r} lies outside sigma_bounds={bounds!r}")
+        if max_kernel_size is not None and (max_kernel_size < 1 or max_kernel_size % 2 == 0):
+            raise ValueError(f"max_kernel_size must be a positive odd integer, got {max_kernel_size!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.order, self.k = order, float(k)
+        self.stride, self.crop = _pair(stride, "stride"), _pair(crop, "crop")
+        if min(self.stride) < 1:
+            raise ValueError(f"stride must be >= 1, got {stride!r}")
+        self.sigma_bounds = bounds
+        self.max_kernel_size = max_kernel_size
+        factory = {"device": device, "dtype": dtype}
+        num_basis = basis_size(order)  # validates order
+        self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, num_basis, **factory))
+        self.log_sigma = nn.Parameter(torch.tensor(math.log(sigma), **factory), requires_grad=learn_sigma)
+        self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    @property
+    def sigma(self) -> Tensor:
+        """The current scale σ, a 0-d tensor inside ``sigma_bounds``."""
+        return bounded_sigma(self.log_sigma, self.sigma_bounds)
+
+    @property
+    def radius(self) -> int:
+        """Filter half-width ``ceil(k * sigma)``, capped by ``max_kernel_size``."""
+        cap = None if self.max_kernel_size is None else (self.max_kernel_size - 1) // 2
+        return filter_radius(self.sigma.detach(), self.k, cap)
+
+    @property
+    def kernel_size(self) -> int:
+        """Current filter size ``s = 2R + 1``; changes when ``ceil(k * sigma)`` changes."""
+        return 2 * self.radius + 1
+
+    def basis(self) -> Tensor:
+        """The ``[M, s, s]`` basis at the current σ (differentiable in σ)."""
+        return gaussian_basis(self.order, self.sigma, self.k, radius=self.radius)
+
+    def kernel(self) -> Tensor:
+        """The composed filters ``[out_channels, in_channels // groups, s, s]``, laid out for ``F.conv2d``."""
+        return torch.einsum("oim,mhw->oihw", self.alpha, self.basis().to(self.alpha.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.kernel()
+        return self._convolve(x, weight)
+
+    def _convolve(self, x: Tensor, weight: Tensor) -> Tensor:
+        radius = (weight.shape[-1] - 1) // 2
+        pad = [radius - c for c in self.crop]
+        out = F.conv2d(x, weight, self.bias, self.stride, [max(p, 0) for p in pad], 1, self.groups)
+        if min(pad) < 0:  # crop wider than the filter's own padding: trim the rest
+            ch, cw = (max(-p, 0) for p in pad)
+            out = out[..., ch : out.shape[-2] - ch, cw : out.shape[-1] - cw]
+        return out
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """He-normal initialisation in the composed-kernel domain: keeps activations' variance through ReLU.
+
+        For white input of unit variance the output variance is ``fan_in * sum_m alpha_var * ||basis_m||^2``;
+        α is drawn so that this equals 2 at the initial σ (the authors' N(0, 1) α explode with depth).
+        """
+        basis = self.basis().to(self.alpha.dtype)
+        fan_in = self.alpha.shape[1] * basis.pow(2).sum()
+        self.alpha.normal_(0.0, float(torch.sqrt(2.0 / fan_in)))
+        if self.bias is not None:
+            self.bias.zero_()
+
+    @torch.no_grad()
+    def to_conv2d(self) -> nn.Conv2d:
+        """A plain :class:`torch.nn.Conv2d` carrying the frozen kernel and bias (same output, no njet code)."""
+        weight = self.kernel()
+        radius = (weight.shape[-1] - 1) // 2
+        if any(c > radius for c in self.crop):
+            raise ValueError(f"crop={self.crop} exceeds the filter radius {radius}: not expressible as padding")
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, weight.shape[-1], stride=self.stride,
+            padding=tuple(radius - c for c in self.crop), groups=self.groups, bias=self.bias is not None,
+            device=weight.device, dtype=weight.dtype,
+        )
+        conv.weight.copy_(weight)
+        if self.bias is not None:
+            conv.bias.copy_(self.bias)
+        return conv.train(self.training)
+
+    def extra_repr(self) -> str:
+        parts = [
+            f"{self.in_channels}, {self.out_channels}, order={self.order}, sigma={float(self.sigma.detach()):.4g}",
+            f"k={self.k:g}", f"kernel_size={self.kernel_size}",
+        ]
+        if self.stride != (1, 1):
+            parts.append(f"stride={self.stride}")
+        if self.crop != (0, 0):
+            parts.append(f"crop={self.crop}")
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        if self.bias is None:
+            parts.append("bias=False")
+        if not self.log_sigma.requires_grad:
+            parts.append("learn_sigma=False")
+        return ", ".join(parts)
+
+
+def _check_channels(in_channels: int, out_channels: int, groups: int) -> None:
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
+        )

@@ -1,0 +1,168 @@
+"""Safe subsampling: feature maps shrink as a function of σ instead of by a hard-coded stride or pool.
+
+The paper's law: a map of size ``s`` becomes ``s * (1/2) ** (sigma / r)``. A coarse layer (large σ) carries
+no detail that a smaller map would lose, so it can be subsampled safely. We follow the paper; the authors'
+public code uses a different law (``s * min(1, r * 2 ** -sigma)``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds
+
+__all__ = ["SafeSubsample", "MatchSize", "safe_output_size", "resize"]
+
+Mode = Literal["nearest", "bilinear", "bicubic", "area"]
+Rounding = Literal["ceil", "floor", "round"]
+_MODES = ("nearest", "bilinear", "bicubic", "area")
+_ROUNDINGS = {"ceil": math.ceil, "floor": math.floor, "round": round}
+_EPS = 1e-6  # so that 7 / 2**(1.0000001) still rounds like 7 / 2
+
+
+def safe_output_size(size: int, factor: float, rounding: Rounding = "ceil") -> int:
+    """``rounding(size / factor)``, never below 1 px. ``ceil`` reproduces a stride-``factor`` conv with 'same'
+    padding (``ceil(7 / 2) = 4``), ``floor`` a 'valid' pool (``floor(7 / 2) = 3``), ``round`` the nearest size."""
+    value = size / factor
+    if rounding == "ceil":
+        out = math.ceil(value - _EPS)
+    elif rounding == "floor":
+        out = math.floor(value + _EPS)
+    else:
+        out = round(value)
+    return max(1, int(out))
+
+
+def resize(x: Tensor, size: tuple[int, int], mode: Mode, factor: tuple[float, float], antialias: bool) -> Tensor:
+    """Resize ``x`` to ``size``. ``nearest`` keeps the pixels at ``floor(i * factor)``: exactly a strided
+    conv's or pool's sampling grid when the factor is an integer."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "nearest":
+        rows = _sample_index(size[0], factor[0], x.shape[-2], x.device)
+        cols = _sample_index(size[1], factor[1], x.shape[-1], x.device)
+        return x.index_select(-2, rows).index_select(-1, cols)
+    if mode == "area":
+        return F.adaptive_avg_pool2d(x, size)
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=antialias)
+
+
+def _sample_index(count: int, factor: float, limit: int, device: torch.device) -> Tensor:
+    idx = torch.floor(torch.arange(count, dtype=torch.float64) * factor + _EPS).long().clamp_(max=limit - 1)
+    return idx.to(device)
+
+
+class SafeSubsample(nn.Module):
+    """Subsample a feature map by ``2 ** (sigma / r)`` per spatial axis.
+
+    σ comes from one of three places: a linked :class:`NJetConv2d` (``source=``; the layer whose resolution
+    decides the map size — not registered as a submodule, so it is neither duplicated in ``state_dict`` nor in
+    ``parameters()``), this module's own learned parameter (``learn_sigma=True``), or a fixed value.
+
+    Args:
+        r: the safe-subsampling hyper-parameter (paper: 4). A converter sets ``r = sigma / log2(stride)`` so the
+            factor equals the original stride at conversion.
+        sigma: fixed or initial σ when there is no ``source``.
+        source: module with a ``sigma`` attribute (an ``NJetConv2d``) whose σ drives this subsampling.
+        mode: ``nearest`` (strided sampling grid), ``bilinear``, ``bicubic`` or ``area``.
+        rounding: how the output size is rounded (see :func:`safe_output_size`).
+        antialias: low-pass before ``bilinear``/``bicubic`` downsampling.
+    """
+
+    def __init__(
+        self,
+        r: float = 4.0,
+        sigma: float | None = None,
+        source: nn.Module | None = None,
+        *,
+        learn_sigma: bool = False,
+        mode: Mode = "nearest",
+        rounding: Rounding = "ceil",
+        antialias: bool = False,
+        sigma_bounds: tuple[float, float] = DEFAULT_SIGMA_BOUNDS,
+    ) -> None:
+        super().__init__()
+        if not r > 0 or not math.isfinite(r):
+            raise ValueError(f"r must be a positive finite number, got {r!r}")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if rounding not in _ROUNDINGS:
+            raise ValueError(f"rounding must be one of {tuple(_ROUNDINGS)}, got {rounding!r}")
+        if (source is None) == (sigma is None):
+            raise ValueError("give exactly one of sigma= (own or fixed σ) and source= (a linked NJetConv2d)")
+        if learn_sigma and source is not None:
+            raise ValueError("learn_sigma=True needs its own sigma=, not a linked source=")
+        self.r, self.mode, self.rounding, self.antialias = float(r), mode, rounding, antialias
+        self.sigma_bounds = check_sigma_bounds(sigma_bounds)
+        object.__setattr__(self, "_source", source)
+        if sigma is not None:
+            if not sigma > 0 or not math.isfinite(sigma):
+                raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+            log_sigma = torch.tensor(math.log(sigma))
+            if learn_sigma:
+                self.log_sigma = nn.Parameter(log_sigma)
+            else:
+                self.register_buffer("log_sigma", log_sigma)
+
+    @property
+    def source(self) -> nn.Module | None:
+        """The linked module whose σ drives this subsampling, if any."""
+        return self._source
+
+    def link(self, source: nn.Module) -> None:
+        """Drive this subsampling by ``source.sigma`` from now on."""
+        if not hasattr(source, "sigma"):
+            raise ValueError(f"source must have a 'sigma' attribute, got {type(source).__name__}")
+        object.__setattr__(self, "_source", source)
+
+    @property
+    def sigma(self) -> Tensor:
+        if self._source is not None:
+            return self._source.sigma
+        return bounded_sigma(self.log_sigma, self.sigma_bounds)
+
+    @property
+    def factor(self) -> float:
+        """The current subsampling factor ``2 ** (sigma / r)`` (≥ 1 means shrinking)."""
+        return 2.0 ** (float(self.sigma.detach()) / self.r)
+
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Spatial size of the output for an input of spatial ``size``."""
+        factor = self.factor
+        return tuple(safe_output_size(int(s), factor, self.rounding) for s in size)  # type: ignore[return-value]
+
+    def forward(self, x: Tensor) -> Tensor:
+        factor = self.factor
+        size = self.output_size(tuple(x.shape[-2:]))
+        return resize(x, size, self.mode, (factor, factor), self.antialias)
+
+    def extra_repr(self) -> str:
+        where = f"source={type(self._source).__name__}" if self._source is not None else "own sigma"
+        return (
+            f"r={self.r:.4g}, sigma={float(self.sigma.detach()):.4g}, factor={self.factor:.4g}, {where}, "
+            f"mode={self.mode!r}, rounding={self.rounding!r}"
+        )
+
+
+class MatchSize(nn.Module):
+    """Resize ``x`` to the spatial size of ``reference``: keeps tensors that meet at a join (add, cat) in step
+    whatever σ their branches learn. A no-op when the sizes already agree."""
+
+    def __init__(self, mode: Mode = "nearest", antialias: bool = False) -> None:
+        super().__init__()
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        self.mode, self.antialias = mode, antialias
+
+    def forward(self, x: Tensor, reference: Tensor) -> Tensor:
+        size = tuple(reference.shape[-2:])
+        factor = tuple(a / b for a, b in zip(x.shape[-2:], size))
+        return resize(x, size, self.mode, factor, self.antialias)  # type: ignore[arg-type]
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
