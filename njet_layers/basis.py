@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["basis_orders", "basis_size", "filter_radius", "gaussian_derivatives_1d", "gaussian_basis"]
+__all__ = ["basis_orders", "basis_size", "filter_radius", "gaussian_basis", "gaussian_derivatives_1d"]
 
 
 def basis_orders(order: int) -> list[tuple[int, int]]:
@@ -35,7 +35,7 @@ def basis_size(order: int) -> int:
 
 def filter_radius(sigma: float | Tensor, k: float = 2.0, max_radius: int | None = None) -> int:
     """Half-width ``R = ceil(k * sigma)`` of the sampled filter (size ``2R + 1``), optionally capped."""
-    value = float(sigma) * float(k)
+    value = (float(sigma.detach()) if torch.is_tensor(sigma) else float(sigma)) * float(k)
     # Guard against float noise such as 2 * 0.7500000001 becoming radius 2 instead of the intended 1.5 -> 2.
     radius = max(1, math.ceil(value - 1e-9))
     return radius if max_radius is None else min(radius, max_radius)
@@ -77,7 +77,7 @@ def gaussian_basis(
     """
     _check_order(order)
     _check_positive("k", k)
-    _check_positive("sigma", float(sigma))
+    _check_positive("sigma", float(sigma.detach()) if torch.is_tensor(sigma) else float(sigma))
     if radius is None:
         radius = filter_radius(sigma, k)
     g = gaussian_derivatives_1d(order, sigma, radius)

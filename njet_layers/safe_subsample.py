@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds
 
-__all__ = ["SafeSubsample", "MatchSize", "safe_output_size", "resize"]
+__all__ = ["MatchSize", "SafeSubsample", "resize", "safe_output_size"]
 
 Mode = Literal["nearest", "bilinear", "bicubic", "area"]
 Rounding = Literal["ceil", "floor", "round"]
@@ -103,6 +103,8 @@ class SafeSubsample(nn.Module):
         if sigma is not None:
             if not sigma > 0 or not math.isfinite(sigma):
                 raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+            if not self.sigma_bounds[0] <= sigma <= self.sigma_bounds[1]:
+                raise ValueError(f"sigma={sigma!r} lies outside sigma_bounds={self.sigma_bounds!r}")
             log_sigma = torch.tensor(math.log(sigma))
             if learn_sigma:
                 self.log_sigma = nn.Parameter(log_sigma)
@@ -161,7 +163,7 @@ class MatchSize(nn.Module):
 
     def forward(self, x: Tensor, reference: Tensor) -> Tensor:
         size = tuple(reference.shape[-2:])
-        factor = tuple(a / b for a, b in zip(x.shape[-2:], size))
+        factor = tuple(a / b for a, b in zip(x.shape[-2:], size, strict=True))
         return resize(x, size, self.mode, factor, self.antialias)  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
