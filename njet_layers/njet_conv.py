@@ -11,8 +11,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .basis import basis_size, filter_radius, gaussian_basis
+from .basis_first import basis_first_conv2d, output_centers
+from .dispatch import IMPLS, Impl, KernelCache, choose_impl, uses_grad
 from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds
 
 __all__ = ["NJetConv2d"]
@@ -42,7 +45,22 @@ class NJetConv2d(nn.Module):
         sigma_bounds: ``(min, max)`` of σ; default ``(0.25, max(8, 2 * sigma))``.
         max_kernel_size: cap on the filter size ``s`` (odd); default implied by ``sigma_bounds``.
         learn_sigma: whether σ is a trainable parameter.
+        impl: how ``forward`` computes the convolution — ``"dense"`` (compose the ``s×s`` kernel, one ``conv2d``;
+            cost grows with σ²), ``"basis_first"`` (separable Gaussian-derivative maps shared by all output
+            channels, then one matrix product with α; cost flat in σ, see :mod:`njet_layers.basis_first`) or
+            ``"auto"`` (per call, the cheaper of the two for this input size from the cost model in
+            :mod:`njet_layers.dispatch`). All give the same output and gradients (to float rounding).
+
+    Memory: basis-first keeps ``M`` derivative maps per input channel (``M×`` the input, 10× at order 3) for the
+    backward pass. When those maps would exceed ``checkpoint_bytes`` (default 256 MiB) in training, the layer
+    runs under :func:`torch.utils.checkpoint.checkpoint`: only the input is kept and the maps are recomputed in
+    backward (about 1/3 more time for that layer, memory back to ~1× the input).
+
+    Eval mode caches the composed kernel until a parameter changes (in-place updates, ``load_state_dict``,
+    ``.to()``), so repeated inference does not rebuild it.
     """
+
+    checkpoint_bytes: int = 256 * 2**20
 
     def __init__(
         self,
@@ -60,6 +78,7 @@ class NJetConv2d(nn.Module):
         sigma_bounds: tuple[float, float] | None = None,
         max_kernel_size: int | None = None,
         learn_sigma: bool = True,
+        impl: Impl = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -83,6 +102,10 @@ class NJetConv2d(nn.Module):
         self.stride, self.crop = _pair(stride, "stride"), _pair(crop, "crop")
         if min(self.stride) < 1:
             raise ValueError(f"stride must be >= 1, got {stride!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.impl: Impl = impl
+        self._kernel_cache = KernelCache()
         self.sigma_bounds = bounds
         self.max_kernel_size = max_kernel_size
         factory = {"device": device, "dtype": dtype}
@@ -113,12 +136,55 @@ class NJetConv2d(nn.Module):
         return gaussian_basis(self.order, self.sigma, self.k, radius=self.radius)
 
     def kernel(self) -> Tensor:
-        """The composed filters ``[out_channels, in_channels // groups, s, s]``, laid out for ``F.conv2d``."""
-        return torch.einsum("oim,mhw->oihw", self.alpha, self.basis().to(self.alpha.dtype))
+        """The composed filters ``[out_channels, in_channels // groups, s, s]``, laid out for ``F.conv2d``.
+
+        Composed in the parameters' own precision even under autocast (a bf16 sum of M basis filters loses the
+        small high-order terms); the convolution itself may still run in reduced precision.
+        """
+        with torch.autocast(self.alpha.device.type, enabled=False):
+            return torch.einsum("oim,mhw->oihw", self.alpha, self.basis().to(self.alpha.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = self.kernel()
-        return self._convolve(x, weight)
+        if self.resolve_impl(tuple(x.shape[-2:])) == "basis_first":
+            return self._forward_basis_first(x)
+        return self._convolve(x, self._dense_kernel())
+
+    def resolve_impl(self, size: tuple[int, int]) -> str:
+        """The path ``forward`` takes for inputs of spatial ``size`` (H, W): ``"dense"`` or ``"basis_first"``."""
+        if self.impl != "auto":
+            return self.impl
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return "dense"  # exporters and compilers see one plain conv2d
+        radius = self.radius
+        out_size = tuple(
+            len(output_centers(n, radius, s, c)) for n, s, c in zip(size, self.stride, self.crop, strict=True)
+        )
+        return choose_impl(self.in_channels, self.out_channels, self.groups, self.order, radius, size, out_size)
+
+    def _dense_kernel(self) -> Tensor:
+        """``kernel()``, served from the eval-mode cache when no gradient is being recorded."""
+        if self.training or uses_grad(self):
+            return self.kernel()
+        key = KernelCache.key((self.alpha, self.log_sigma), self.radius)
+        weight = self._kernel_cache.get(key)
+        if weight is None:
+            weight = self.kernel()
+            self._kernel_cache.put(key, weight)
+        return weight
+
+    def _forward_basis_first(self, x: Tensor) -> Tensor:
+        radius = self.radius
+
+        def run(inp: Tensor) -> Tensor:
+            return basis_first_conv2d(
+                inp, self.alpha, self.sigma, self.order, radius, bias=self.bias, stride=self.stride,
+                crop=self.crop, groups=self.groups,
+            )
+
+        maps_bytes = x.numel() * x.element_size() * (basis_size(self.order) + self.order + 1)
+        if self.training and uses_grad(self) and maps_bytes > self.checkpoint_bytes:
+            return checkpoint(run, x, use_reentrant=False)
+        return run(x)
 
     def _convolve(self, x: Tensor, weight: Tensor) -> Tensor:
         radius = (weight.shape[-1] - 1) // 2
@@ -174,6 +240,8 @@ class NJetConv2d(nn.Module):
             parts.append("bias=False")
         if not self.log_sigma.requires_grad:
             parts.append("learn_sigma=False")
+        if self.impl != "auto":
+            parts.append(f"impl={self.impl!r}")
         return ", ".join(parts)
 
 

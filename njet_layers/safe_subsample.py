@@ -130,8 +130,14 @@ class SafeSubsample(nn.Module):
 
     @property
     def factor(self) -> float:
-        """The current subsampling factor ``2 ** (sigma / r)`` (≥ 1 means shrinking)."""
-        return 2.0 ** (float(self.sigma.detach()) / self.r)
+        """The current subsampling factor ``2 ** (sigma / r)`` (≥ 1 means shrinking).
+
+        Within 1e-5 (relative) of an integer it is that integer: float32 σ drifts in the last bits, and an exact
+        integer factor keeps output sizes and the strided-pixel grid of the original network.
+        """
+        factor = 2.0 ** (float(self.sigma.detach()) / self.r)
+        nearest = round(factor)
+        return float(nearest) if nearest >= 1 and abs(factor - nearest) < 1e-5 * factor else factor
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """Spatial size of the output for an input of spatial ``size``."""
