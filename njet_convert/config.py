@@ -1,0 +1,125 @@
+"""ConvertConfig: the typed options of :func:`njet_convert.convert` (one object instead of loose keyword arguments)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from torch import nn
+
+__all__ = ["SUBSAMPLE_MODES", "ConvertConfig", "Rule"]
+
+SUBSAMPLE_MODES = ("safe", "keep")
+_INTERPOLATION = ("nearest", "bilinear", "bicubic", "area")
+_MATCH = ("auto", "always", "never")
+
+# A selection rule: a module type, a qualified-name glob ("layer1.*") or regex ("re:layer[12]\\..*"), or a predicate
+# called as ``rule(name, module) -> bool``.
+Rule = type | str | re.Pattern | Callable[[str, nn.Module], bool]
+
+
+@dataclass
+class ConvertConfig:
+    """Options of a conversion.
+
+    Attributes:
+        order: highest derivative order of the N-Jet basis (3 in the paper).
+        k: filter extent in σ (filter size ``2 * ceil(k * sigma) + 1``; 2 in the paper).
+        subsample: ``"safe"`` turns strides and strided pools into stride 1 + :class:`~njet_layers.SafeSubsample`
+            (sizes follow σ in training); ``"keep"`` leaves strides and pools as they are.
+        include: convs/pools to convert (types, name globs, ``re:`` regexes, compiled patterns or predicates);
+            ``None`` means all. A rule that matches nothing raises ``ValueError``.
+        exclude: convs/pools to leave as they are (same rule kinds); wins over ``include``.
+        sigma_grid: σ values the plain fit searches (``None``: the fitting module's default grid per kernel size).
+        interpolation: the :class:`~njet_layers.SafeSubsample` mode; ``"nearest"`` reproduces the strided grid.
+        match_size: :class:`~njet_layers.MatchSize` at joins: ``"auto"`` only where grouping subsampling points
+            cannot guarantee equal sizes, ``"always"`` at every join fed by a subsampling point, ``"never"``.
+        learn_sigma: whether the new layers' σ are trainable.
+        calibration_options: extra options for the data-aware fit (``njet_convert.fitting.CalibrationOptions``).
+        progress: print calibration progress.
+        fit: fit the kernels (``False``: structure only, as :func:`njet_convert.load` does before loading weights).
+    """
+
+    order: int = 3
+    k: float = 2.0
+    subsample: Literal["safe", "keep"] = "safe"
+    include: Sequence[Rule] | Rule | None = None
+    exclude: Sequence[Rule] | Rule | None = None
+    sigma_grid: Sequence[float] | None = None
+    interpolation: Literal["nearest", "bilinear", "bicubic", "area"] = "nearest"
+    match_size: Literal["auto", "always", "never"] = "auto"
+    learn_sigma: bool = True
+    calibration_options: Any = None
+    progress: bool = False
+    fit: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 0:
+            raise ValueError(f"order must be a non-negative integer, got {self.order!r}")
+        k = self.k
+        if isinstance(k, bool) or not isinstance(k, int | float) or not k > 0 or not math.isfinite(k):
+            raise ValueError(f"k must be a positive finite number, got {self.k!r}")
+        self.k = float(self.k)
+        if self.subsample not in SUBSAMPLE_MODES:
+            raise ValueError(f"subsample must be one of {SUBSAMPLE_MODES}, got {self.subsample!r}")
+        if self.interpolation not in _INTERPOLATION:
+            raise ValueError(f"interpolation must be one of {_INTERPOLATION}, got {self.interpolation!r}")
+        if self.match_size not in _MATCH:
+            raise ValueError(f"match_size must be one of {_MATCH}, got {self.match_size!r}")
+        if self.sigma_grid is not None:
+            grid = list(self.sigma_grid)
+            if not grid or any(not isinstance(s, int | float) or not s > 0 or not math.isfinite(s) for s in grid):
+                raise ValueError(f"sigma_grid must be a non-empty list of positive numbers, got {self.sigma_grid!r}")
+            self.sigma_grid = [float(s) for s in grid]
+        self.include = _rules(self.include, "include")
+        self.exclude = _rules(self.exclude, "exclude")
+
+    def with_overrides(self, **overrides: Any) -> ConvertConfig:
+        """A copy with ``overrides`` applied (unknown names raise ``ValueError``)."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"unknown conversion option {unknown[0]!r} (known: {', '.join(sorted(names))})")
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(overrides)
+        return ConvertConfig(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly options (selection rules as strings; predicates by qualified name)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("include", "exclude",
+                                                                                      "calibration_options")}
+        out["include"] = None if self.include is None else [describe_rule(r) for r in self.include]
+        out["exclude"] = None if self.exclude is None else [describe_rule(r) for r in self.exclude]
+        opts = self.calibration_options
+        out["calibration_options"] = asdict(opts) if hasattr(opts, "__dataclass_fields__") else None
+        return out
+
+
+def _rules(value: Any, name: str) -> list[Rule] | None:
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, list | tuple | set | frozenset) else [value]
+    for rule in items:
+        ok = isinstance(rule, type | str | re.Pattern) or callable(rule)
+        if not ok or (isinstance(rule, type) and not issubclass(rule, nn.Module)):
+            raise ValueError(f"{name}: rule {rule!r} must be a module type, a name glob/regex or a predicate")
+        if isinstance(rule, str) and rule.startswith("re:"):
+            try:
+                re.compile(rule[3:])
+            except re.error as err:
+                raise ValueError(f"{name}: bad regex {rule!r}: {err}") from None
+    return items
+
+
+def describe_rule(rule: Rule) -> str:
+    """A readable, stable name of a selection rule (used in errors and the saved config)."""
+    if isinstance(rule, type):
+        return f"type:{rule.__module__}.{rule.__qualname__}"
+    if isinstance(rule, re.Pattern):
+        return f"re:{rule.pattern}"
+    if isinstance(rule, str):
+        return rule
+    return f"predicate:{getattr(rule, '__module__', '?')}.{getattr(rule, '__qualname__', repr(rule))}"

@@ -1,0 +1,133 @@
+"""ConversionReport: what :func:`njet_convert.convert` did, per layer and per subsampling point (DESIGN §4).
+
+Renders as a Markdown table (``str(report)``, :meth:`ConversionReport.to_markdown`) and as JSON
+(:meth:`ConversionReport.to_json`, :meth:`ConversionReport.to_dict`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["ConversionReport", "LayerRecord", "SkipRecord", "SubsampleRecord"]
+
+
+@dataclass
+class LayerRecord:
+    """One converted conv: original type and weight shape, what it became, σ, filter size and fit error."""
+
+    name: str
+    original_type: str
+    original_shape: tuple[int, ...]
+    new_type: str
+    sigma: float
+    kernel_size: int
+    fit_error: float
+    stride: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    crop: tuple[int, int] = (0, 0)
+    how: str = "graph"  # "graph" (placed by the fx pass) or "module" (swapped by name)
+    note: str = ""
+
+
+@dataclass
+class SubsampleRecord:
+    """One subsampling point: a strided conv or pool turned into stride 1 + SafeSubsample."""
+
+    name: str
+    origin: str  # the conv/pool (module name or functional call) it replaces
+    kind: str  # "conv", "pool", "functional pool"
+    original_stride: int
+    factor: float
+    r: float
+    group: int
+    source: str | None  # the NJetConv2d whose σ drives it (None: own fixed σ)
+    rounding: str = "ceil"
+    how: str = "graph"
+    exact: bool = True  # the rounding reproduces the original output size for every input size 1..96
+
+
+@dataclass
+class SkipRecord:
+    """Something left as it was, and why."""
+
+    name: str
+    type: str
+    reason: str
+
+
+@dataclass
+class ConversionReport:
+    """Per-layer records, subsampling points, joins guarded by MatchSize, skips, and parameter totals."""
+
+    layers: list[LayerRecord] = field(default_factory=list)
+    subsampling: list[SubsampleRecord] = field(default_factory=list)
+    match_sizes: list[str] = field(default_factory=list)
+    skipped: list[SkipRecord] = field(default_factory=list)
+    untraced: list[str] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+    traced: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    calibrated: bool = False
+
+    def skip(self, name: str, type_name: str, reason: str) -> None:
+        self.skipped.append(SkipRecord(name, type_name, reason))
+
+    @property
+    def mean_fit_error(self) -> float:
+        errs = [r.fit_error for r in self.layers if math.isfinite(r.fit_error)]
+        return sum(errs) / len(errs) if errs else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["mean_fit_error"] = self.mean_fit_error
+        return _finite(out)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"N-Jet conversion: {len(self.layers)} conv(s) converted, {len(self.subsampling)} subsampling point(s), "
+            f"{len(self.skipped)} skipped; parameters {self.params_before:,} -> {self.params_after:,}"
+            f" ({'fx graph' if self.traced else 'module swap only: model not traceable'})",
+            "",
+            "| layer | original | shape | became | sigma | size | fit error | how |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in self.layers:
+            extra = f" {r.note}" if r.note else ""
+            lines.append(f"| {r.name} | {r.original_type} | {'x'.join(map(str, r.original_shape))} | {r.new_type}"
+                         f" | {r.sigma:.3g} | {r.kernel_size} | {r.fit_error:.4f} | {r.how}{extra} |")
+        if self.subsampling:
+            lines += ["", "| subsampling | replaces | kind | stride | factor | r | group | sigma from | rounding |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for s in self.subsampling:
+                lines.append(f"| {s.name} | {s.origin} | {s.kind} | {s.original_stride} | {s.factor:.4g} | {s.r:.4g}"
+                             f" | {s.group} | {s.source or 'own'} | {s.rounding}{'' if s.exact else ' (inexact)'} |")
+        if self.match_sizes:
+            lines += ["", "MatchSize at joins: " + ", ".join(self.match_sizes)]
+        if self.untraced:
+            lines += ["", "Not in the fx graph (swapped by module name): " + ", ".join(self.untraced)]
+        if self.skipped:
+            lines += ["", "| skipped | type | reason |", "|---|---|---|"]
+            lines += [f"| {s.name} | {s.type} | {s.reason} |" for s in self.skipped]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf -> None so the JSON is standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

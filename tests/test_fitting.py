@@ -1,0 +1,175 @@
+"""Kernel fits in the N-Jet basis: closed form vs explicit lstsq, exactness at order 4, data-aware weighting."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from njet_convert.fitting import KernelFit, embed_kernel, fit_kernels
+from njet_convert.fitting.covariance import MomentStats, solve_moments
+from njet_layers import NJetConv2d, filter_radius, gaussian_basis
+
+
+def _njet_from(fit: KernelFit, weight: torch.Tensor, order: int, k: float = 2.0) -> NJetConv2d:
+    layer = NJetConv2d(weight.shape[1], weight.shape[0], order=order, sigma=fit.sigma, k=k)
+    with torch.no_grad():
+        layer.alpha.copy_(fit.alpha)
+    return layer
+
+
+def test_closed_form_equals_explicit_lstsq_per_kernel():
+    weight = torch.randn(5, 3, 3, 3, dtype=torch.float64)
+    fit = fit_kernels(weight, order=3, k=2.0, sigma=0.8)  # 5×5 filter, 10 basis filters: a unique solution
+    basis = gaussian_basis(3, torch.tensor(0.8, dtype=torch.float64), 2.0).reshape(10, -1)  # [M, 25]
+    for o in range(5):
+        for c in range(3):
+            target = embed_kernel(weight[o, c], 2).reshape(-1, 1)
+            expected = torch.linalg.lstsq(basis.T, target).solution.squeeze(-1)
+            torch.testing.assert_close(fit.alpha[o, c].double(), expected, rtol=1e-4, atol=1e-5)
+    residual = embed_kernel(weight, 2).reshape(15, -1) - fit.alpha.reshape(15, -1).double() @ basis
+    assert fit.error == pytest.approx(float(residual.norm() / weight.norm()), rel=1e-4)
+
+
+def test_order4_fits_3x3_exactly_and_reproduces_the_conv():
+    weight = torch.randn(8, 4, 3, 3)
+    fit = fit_kernels(weight, order=4, k=2.0)
+    assert fit.error < 1e-5
+    assert filter_radius(fit.sigma, 2.0) == 1  # the exact fit needs no larger filter
+    x = torch.randn(2, 4, 16, 16)
+    layer = _njet_from(fit, weight, 4)
+    torch.testing.assert_close(layer(x), F.conv2d(x, weight, padding=1), rtol=1e-3, atol=1e-3)
+
+
+def test_order3_on_3x3_has_rank_8_and_misses_one_direction():
+    basis = gaussian_basis(3, torch.tensor(0.5, dtype=torch.float64), 2.0).reshape(10, 9)
+    assert int(torch.linalg.matrix_rank(basis)) == 8
+    missing = torch.linalg.svd(basis).Vh[-1].reshape(1, 1, 3, 3)  # orthogonal to the span: nothing of it fits
+    assert fit_kernels(missing, order=3, sigma=0.5).error == pytest.approx(1.0, abs=1e-4)
+    # the missing direction is even in x and y (an x²y²-like pattern)
+    torch.testing.assert_close(missing, missing.flip(-1))
+    torch.testing.assert_close(missing, missing.flip(-2))
+
+
+def test_sigma_search_picks_the_lowest_error():
+    weight = torch.randn(6, 2, 3, 3)
+    grid = [0.3, 0.4, 0.5, 0.6, 0.8, 1.0]
+    best = fit_kernels(weight, order=3, sigma_grid=grid)
+    errors = [fit_kernels(weight, order=3, sigma=s).error for s in grid]
+    assert best.error == pytest.approx(min(errors), abs=1e-5)
+    assert best.alpha.shape == (6, 2, 10) and best.alpha.dtype == torch.float32
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_even_and_non_square_kernels_are_centred_like_same_padding():
+    x = torch.randn(1, 2, 12, 12)
+    for shape in [(2, 2), (1, 3), (3, 1)]:
+        weight = torch.randn(3, 2, *shape)
+        fit = fit_kernels(weight, order=4, sigma=0.5)  # a 3×3 order-4 filter holds any kernel of <= 3×3 exactly
+        assert fit.error < 1e-5, shape
+        torch.testing.assert_close(_njet_from(fit, weight, 4)(x), F.conv2d(x, weight, padding="same"),
+                                   rtol=1e-3, atol=1e-3)
+
+
+def test_dilated_kernel_is_spread_over_the_frame():
+    weight = torch.randn(2, 1, 3, 3)
+    fit = fit_kernels(weight, order=3, k=2.0, dilation=(2, 2))
+    assert filter_radius(fit.sigma, 2.0) >= 2  # a dilation-2 3×3 kernel spans 5×5
+    assert fit.error < 0.9
+
+
+def test_data_aware_fit_with_identity_covariance_equals_plain_least_squares():
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    sigma = 0.6
+    basis = gaussian_basis(3, torch.tensor(sigma, dtype=torch.float64), 2.0).reshape(10, -1)  # [M, 25]
+    # Samples: every input channel's patch runs once over the 25 unit vectors of the 5×5 frame -> covariance = I.
+    channels, pixels = 3, 25
+    patches = torch.zeros(channels * pixels, channels, pixels, dtype=torch.float64)
+    for i in range(channels * pixels):
+        patches[i, i // pixels, i % pixels] = 1.0
+    z = torch.einsum("ncp,mp->cmn", patches, basis).reshape(1, channels * 10, -1)  # [g=1, C*M, L]
+    y = torch.einsum("ncp,ocp->on", patches, embed_kernel(weight, 2).reshape(4, channels, pixels))[None]
+    stats = MomentStats()
+    stats.update(z, y)
+    alpha, _, _, _ = solve_moments(stats, centred=False, ridge=0.0)
+    plain = fit_kernels(weight, order=3, sigma=sigma)
+    torch.testing.assert_close(alpha[0].T.reshape(4, 3, 10).float(), plain.alpha, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_weight_raises_value_error():
+    with pytest.raises(ValueError, match="weight"):
+        fit_kernels(torch.randn(3, 3, 3), order=3)
+    with pytest.raises(ValueError, match="order"):
+        fit_kernels(torch.randn(1, 1, 3, 3), order=-1)
+    with pytest.raises(ValueError, match="sigma_grid"):
+        fit_kernels(torch.randn(1, 1, 3, 3), order=3, sigma_grid=[])
+
+
+def _tiny_cnn() -> torch.nn.Module:
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1, bias=True), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+    ).eval()
+
+
+def _swap(model: torch.nn.Module, order: int) -> tuple[torch.nn.Module, dict[str, str]]:
+    import copy
+
+    converted, pairs = copy.deepcopy(model), {}
+    for name, conv in list(converted.named_children()):
+        if isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (3, 3):
+            fit = fit_kernels(conv.weight.detach(), order)
+            layer = NJetConv2d(conv.in_channels, conv.out_channels, order=order, sigma=fit.sigma,
+                               groups=conv.groups, bias=conv.bias is not None, stride=conv.stride)
+            with torch.no_grad():
+                layer.alpha.copy_(fit.alpha)
+                if conv.bias is not None:
+                    layer.bias.copy_(conv.bias)
+            setattr(converted, name, layer)
+            pairs[name] = name
+    return converted.eval(), pairs
+
+
+def _smooth_images(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.interpolate(torch.randn(n, 3, 6, 6, generator=g), size=(24, 24), mode="bilinear") + 0.3
+
+
+def test_calibrate_reduces_output_error_and_keeps_exact_fits():
+    from njet_convert.fitting import calibrate
+
+    model = _tiny_cnn()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    test = _smooth_images(32, 1)
+    with torch.no_grad():
+        reference = model(test)
+
+    def error(net):
+        with torch.no_grad():
+            return float((net(test) - reference).norm() / reference.norm())
+
+    converted, pairs = _swap(model, order=3)
+    before = error(converted)
+    fits = calibrate(converted, model, pairs, _smooth_images(64, 0), order=3, k=2.0, progress=False)
+    assert set(fits) == set(pairs) and all(f.alpha.shape == converted.get_submodule(n).alpha.shape
+                                           for n, f in fits.items())
+    assert error(converted) < 0.5 * before
+    exact, pairs4 = _swap(model, order=4)
+    calibrate(exact, model, pairs4, _smooth_images(64, 0), order=4, k=2.0, progress=False)
+    assert error(exact) < 1e-3
+
+
+def test_calibrate_rejects_bad_input():
+    from njet_convert.fitting import calibrate
+
+    model = _tiny_cnn()
+    converted, pairs = _swap(model, order=3)
+    with pytest.raises(ValueError, match="calibration data"):
+        calibrate(converted, model, pairs, torch.zeros(4, 24, 24), order=3, k=2.0, progress=False)
+    with pytest.raises(ValueError, match="pairs"):
+        calibrate(converted, model, {"6": "6"}, _smooth_images(4, 0), order=3, k=2.0, progress=False)

