@@ -1,0 +1,309 @@
+"""``freeze``: an N-Jet network → a plain PyTorch inference model (σ frozen, kernels baked, no njet modules).
+
+- every :class:`~njet_layers.NJetConv2d` becomes an ``nn.Conv2d`` with the composed ``s×s`` kernel, or the
+  separable basis-first chain of plain convs when that is cheaper (:mod:`.separable`; ``form=``);
+- every :class:`~njet_layers.SafeSubsample` becomes a fixed-factor resize (:mod:`.resize`): a strided slice
+  ``x[..., ::f, ::f]`` where exactly equivalent (``nearest`` mode, integer factor, ``ceil`` rounding — any input
+  size), otherwise the *fixed-size* form recorded on ``example_input`` or the *scale-factor* form that computes
+  the output size from the input at run time (``dynamic_spatial=True``, or no ``example_input``);
+- every :class:`~njet_layers.MatchSize` becomes a resize to the reference (fixed-size when recorded, else dynamic);
+- BatchNorm is folded into the preceding conv (:mod:`.bn_fold`: fx trace, else ``Conv→BN`` in ``nn.Sequential``),
+  and a strided slice into the conv before it (:mod:`.stride_fold`: a strided conv computes only the kept pixels).
+
+Why an example input: a SafeSubsample's output size depends on its input size, which only a forward pass knows;
+with it, ``freeze`` records every size and can bake constant sizes (a static ONNX graph) and check the frozen
+model against the N-Jet model (≤ 1e-5 relative, else ``ValueError`` with the figures). The model passed in is
+never modified. The result is in eval mode and carries a :class:`FreezeReport` as ``frozen.freeze_report``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from njet_layers import MatchSize, NJetConv2d, SafeSubsample
+
+from .bn_fold import fold_batchnorms
+from .resize import FixedResize, ResizeTo, ScaleResize, StridedSubsample, _nearest_index, _out_size
+from .separable import dense_form, layer_costs, separable_form
+from .stride_fold import fold_strides
+
+__all__ = ["FreezeReport", "FrozenLayer", "FrozenResize", "freeze", "max_relative_error", "njet_modules"]
+
+Form = Literal["auto", "dense", "separable"]
+FREEZE_RTOL = 1e-5
+_DYNAMIC_CHECK = 1024  # input sizes checked before a subsampling becomes a strided slice
+_RESIZE_LEAVES = (FixedResize, ResizeTo, ScaleResize, StridedSubsample)
+
+
+@dataclass
+class FrozenLayer:
+    """One frozen N-Jet conv: its scale, size and the inference form chosen (``dense`` or ``separable``)."""
+
+    name: str
+    order: int
+    k: float
+    sigma: float
+    kernel_size: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    stride: tuple[int, int]
+    form: str
+    dense_cost: int
+    separable_cost: int
+
+
+@dataclass
+class FrozenResize:
+    """One frozen SafeSubsample or MatchSize: what it became (``strided``, ``fixed``, ``scale``, ``resize_to``)."""
+
+    name: str
+    kind: str
+    mode: str
+    form: str
+    factor: float | None = None
+    rounding: str | None = None
+    source: str | None = None
+    sizes: tuple | None = None
+
+
+@dataclass
+class FreezeReport:
+    """What ``freeze`` did: per-layer forms, resizes, folded BatchNorms and the check against the N-Jet model."""
+
+    layers: list[FrozenLayer] = field(default_factory=list)
+    resizes: list[FrozenResize] = field(default_factory=list)
+    folded_batchnorms: list[tuple[str, str]] = field(default_factory=list)
+    folded_strides: list[tuple[str, str]] = field(default_factory=list)
+    dynamic_spatial: bool = False
+    max_rel_error: float | None = None
+    source_architecture: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def table(self) -> str:
+        """A plain-text table: one row per frozen N-Jet layer and per resize."""
+        rows = [f"{'layer':32} {'σ':>7} {'s':>3} {'form':>9} {'dense MACs':>11} {'sep. MACs':>10}"]
+        for lay in self.layers:
+            rows.append(f"{lay.name:32} {lay.sigma:7.3f} {lay.kernel_size:3d} {lay.form:>9} "
+                        f"{lay.dense_cost:11d} {lay.separable_cost:10d}")
+        for rs in self.resizes:
+            factor = "" if rs.factor is None else f" factor={rs.factor:.4g}"
+            rows.append(f"{rs.name:32} {rs.kind} -> {rs.form} ({rs.mode}{factor})")
+        rows.append(f"batch norms folded: {len(self.folded_batchnorms)}; max rel. error vs N-Jet: {self.max_rel_error}")
+        return "\n".join(rows)
+
+
+def njet_modules(model: nn.Module) -> list[str]:
+    """Names of the modules of ``model`` that come from ``njet_layers`` (empty for a frozen model)."""
+    return [n or "<root>" for n, m in model.named_modules() if type(m).__module__.startswith("njet_layers")]
+
+
+@torch.no_grad()
+def freeze(
+    model: nn.Module,
+    example_input: Tensor | None = None,
+    *,
+    dynamic_spatial: bool = False,
+    form: Form = "auto",
+    separable_gain: float = 2.0,
+    fold_bn: bool = True,
+    fold_stride: bool = True,
+    check: bool = True,
+) -> nn.Module:
+    """A plain-PyTorch, eval-mode copy of ``model`` with every N-Jet module frozen (``model`` is not modified).
+
+    Args:
+        model: an N-Jet network (an fx ``GraphModule`` from ``convert`` or any module tree); a model that is
+            already frozen is copied (its ``freeze_report`` kept).
+        example_input: a batch the model accepts. Records each resize's sizes (fixed-size form) and checks the
+            frozen model against ``model`` on it (≤ 1e-5 relative, else ``ValueError`` with the figures).
+        dynamic_spatial: use the scale-factor form for every resize that is not a strided slice, so the frozen
+            model accepts any spatial size. Without ``example_input`` this form is used anyway.
+        form: ``"dense"`` s×s convs, ``"separable"`` basis-first chains, or ``"auto"``: separable where it needs
+            ``separable_gain`` times fewer multiply-adds than dense (see :mod:`njet_convert.export.separable`).
+        fold_bn: fold BatchNorm into the preceding conv.
+        fold_stride: turn ``conv → strided slice`` into a strided conv (computes only the kept pixels).
+        check: compare with ``model`` on ``example_input``. Deep networks with unfitted (random) α can amplify
+            float32 rounding differences past 1e-5 (nothing to do with freezing): pass ``check=False`` there.
+    """
+    _check_args(model, example_input, form, separable_gain)
+    work = copy.deepcopy(model).eval()
+    names = {id(m): n for n, m in work.named_modules()}
+    sizes, reference = _record_sizes(work, example_input) if example_input is not None else ({}, None)
+    dynamic = dynamic_spatial or example_input is None
+    old = getattr(model, "freeze_report", None)
+    report = FreezeReport(dynamic_spatial=dynamic, source_architecture=_architecture(model, old))
+    if isinstance(old, FreezeReport):
+        report.layers, report.resizes = list(old.layers), list(old.resizes)
+    replacements: dict[str, nn.Module] = {}
+    for name, mod in work.named_modules():
+        if isinstance(mod, NJetConv2d):
+            replacements[name] = _freeze_conv(name, mod, form, separable_gain, report)
+        elif isinstance(mod, SafeSubsample):
+            replacements[name] = _freeze_subsample(name, mod, sizes.get(name), dynamic, names, report)
+        elif isinstance(mod, MatchSize):
+            replacements[name] = _freeze_match(name, mod, sizes.get(name), dynamic, report)
+    for name, new in replacements.items():
+        work = new if name == "" else _replace(work, name, new)
+    leftover = [(n, type(m).__name__) for n, m in work.named_modules() if type(m).__module__.startswith("njet_layers")]
+    if leftover:
+        raise ValueError(f"freeze does not know how to freeze module '{leftover[0][0]}' ({leftover[0][1]})")
+    if fold_bn:
+        report.folded_batchnorms = fold_batchnorms(work, _RESIZE_LEAVES)
+    if fold_stride:
+        report.folded_strides = fold_strides(work, _RESIZE_LEAVES)
+    if example_input is not None and check:
+        report.max_rel_error = _check_match(reference, work, example_input)
+    work.freeze_report = report
+    return work.eval()
+
+
+def _check_args(model: nn.Module, example_input: Tensor | None, form: str, gain: float) -> None:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if example_input is not None and not isinstance(example_input, Tensor):
+        raise ValueError(f"example_input must be a tensor or None, got {type(example_input).__name__}")
+    if form not in ("auto", "dense", "separable"):
+        raise ValueError(f"form must be 'auto', 'dense' or 'separable', got {form!r}")
+    if not gain > 0 or not math.isfinite(gain):
+        raise ValueError(f"separable_gain must be a positive number, got {gain!r}")
+
+
+def _architecture(model: nn.Module, old: object) -> str:
+    for attr in ("source_architecture", "njet_source_architecture"):
+        value = getattr(model, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    if isinstance(old, FreezeReport) and old.source_architecture:
+        return old.source_architecture
+    return type(model).__name__
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    root.set_submodule(name, new)
+    return root
+
+
+def _record_sizes(work: nn.Module, x: Tensor) -> tuple[dict[str, tuple | None], Any]:
+    """Run the (unfrozen) model once: its output, and per SafeSubsample/MatchSize the (input, output) sizes."""
+    seen: dict[str, tuple | None] = {}
+    handles = []
+
+    def hook(name: str) -> Callable:
+        def record(mod: nn.Module, args: tuple, out: Tensor) -> None:
+            entry = (tuple(args[0].shape[-2:]), tuple(out.shape[-2:]))
+            seen[name] = entry if seen.get(name, entry) == entry else None
+        return record
+
+    for name, mod in work.named_modules():
+        if isinstance(mod, (SafeSubsample, MatchSize)):
+            handles.append(mod.register_forward_hook(hook(name)))
+    try:
+        out = work(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen, out
+
+
+def _freeze_conv(name: str, layer: NJetConv2d, form: str, gain: float, report: FreezeReport) -> nn.Module:
+    costs = layer_costs(layer)
+    chosen = form if form != "auto" else ("separable" if costs.separable * gain <= costs.dense else "dense")
+    try:
+        new = separable_form(layer) if chosen == "separable" else dense_form(layer)
+    except ValueError as err:
+        raise ValueError(f"cannot freeze '{name}' (NJetConv2d): {err}") from None
+    report.layers.append(FrozenLayer(
+        name, layer.order, layer.k, float(layer.sigma.detach()), layer.kernel_size, layer.in_channels,
+        layer.out_channels, layer.groups, layer.stride, chosen, costs.dense, costs.separable,
+    ))
+    return new
+
+
+def _freeze_subsample(
+    name: str, mod: SafeSubsample, sizes: tuple | None, dynamic: bool, names: dict[int, str], report: FreezeReport
+) -> nn.Module:
+    factor = mod.factor
+    step = round(factor)
+    source = names.get(id(mod.source)) if mod.source is not None else None
+    record = FrozenResize(name, "SafeSubsample", mod.mode, "", factor, mod.rounding, source, sizes)
+    check_sizes = [*range(1, _DYNAMIC_CHECK + 1), *(sizes[0] if sizes else ())]  # a slice takes any size
+    if mod.mode == "nearest" and _strided_exact(factor, step, mod.rounding, check_sizes):
+        new: nn.Module = StridedSubsample(step, mod.rounding)
+        record.form = "strided"
+    elif dynamic or sizes is None:
+        new, record.form = ScaleResize(factor, mod.mode, mod.rounding, mod.antialias), "scale"
+    else:
+        new = FixedResize(sizes[0], sizes[1], mod.mode, (factor, factor), mod.antialias)
+        record.form = "fixed"
+    report.resizes.append(record)
+    return new
+
+
+def _strided_exact(factor: float, step: int, rounding: str, sizes: Iterable[int]) -> bool:
+    """Whether SafeSubsample at ``factor`` picks exactly the pixels ``x[::step]`` (and as many) at these sizes.
+
+    A float32 σ makes ``2 ** (σ / r)`` miss the intended integer by ~1e-7, and njet_layers' nearest grid
+    ``floor(i * factor + 1e-6)`` then drifts off the strided grid on large maps: only an exact match is sliced.
+    """
+    if step < 1 or abs(factor - step) > 1e-4:
+        return False
+    for size in sizes:
+        count = _out_size(int(size), factor, rounding)
+        if count != _out_size(int(size), float(step), rounding):
+            return False
+        if not torch.equal(_nearest_index(count, factor, int(size), "cpu"), torch.arange(count) * step):
+            return False
+    return True
+
+
+def _freeze_match(name: str, mod: MatchSize, sizes: tuple | None, dynamic: bool, report: FreezeReport) -> nn.Module:
+    record = FrozenResize(name, "MatchSize", mod.mode, "", sizes=sizes)
+    if dynamic or sizes is None:
+        new: nn.Module = ResizeTo(mod.mode, mod.antialias)
+        record.form = "resize_to"
+    else:
+        new, record.form = FixedResize(sizes[0], sizes[1], mod.mode, None, mod.antialias), "fixed"
+    report.resizes.append(record)
+    return new
+
+
+def max_relative_error(out: Any, ref: Any) -> float:
+    """``max |out - ref| / max |ref|`` over all tensors of two (nested) outputs."""
+    outs, refs = _leaves(out), _leaves(ref)
+    if len(outs) != len(refs):
+        raise ValueError(f"outputs differ in structure: {len(outs)} tensors vs {len(refs)}")
+    err = max((float((a.double() - b.double()).abs().max()) for a, b in zip(outs, refs, strict=True)), default=0.0)
+    scale = max((float(b.double().abs().max()) for b in refs), default=0.0)
+    return err / max(scale, 1e-30)
+
+
+def _leaves(out: Any) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _leaves(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _leaves(v)]
+    return []
+
+
+def _check_match(ref: Any, frozen: nn.Module, x: Tensor) -> float:
+    out = frozen(x)
+    err = max_relative_error(out, ref)
+    if not err <= FREEZE_RTOL:
+        raise ValueError(f"frozen model differs from the N-Jet model: max relative error {err:.3g} > {FREEZE_RTOL:g}")
+    return err
