@@ -1,0 +1,111 @@
+"""Training checkpoints: everything needed to continue a run bit-for-bit, written atomically, read safely.
+
+A checkpoint holds the model, optimiser, scheduler and grad-scaler states, the position in the data (epoch and
+batches done in it, which fixes the sampler), the global step, and the RNG states of every rank (torch, CUDA,
+Python, numpy) — as tensors and plain Python types only, so it loads with ``torch.load(weights_only=True)``.
+It is written to a temporary file in the same folder and renamed over the old one (``os.replace``), so a crash
+or a kill while writing never leaves a torn file: the previous checkpoint stays until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
+    "capture_rng_state",
+    "load_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "njet-finetune/1"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's RNG states (torch CPU and CUDA, Python ``random``, numpy) as tensors and plain types."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        states = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(states)
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (plus the format tag) to ``path`` atomically: temporary file, fsync, ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": CHECKPOINT_FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``) and check it fits ``model``.
+
+    A folder is read as ``folder/checkpoint.pt``. Raises ``ValueError`` naming the problem when the file is
+    missing, unreadable, not a fine-tuning checkpoint, or holds weights of a different architecture.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise ValueError(f"resume={str(path)!r}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file is the same user error
+        raise ValueError(f"resume={str(path)!r} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"resume={str(path)!r} is not a fine-tuning checkpoint (format {CHECKPOINT_FORMAT!r})")
+    if model is not None:
+        _check_fits(path, state["model"], model)
+    return state
+
+
+def _check_fits(path: Path, saved: dict[str, torch.Tensor], model: nn.Module) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(saved))
+    extra = sorted(set(saved) - set(expected))
+    shapes = sorted(k for k in set(saved) & set(expected) if tuple(saved[k].shape) != tuple(expected[k].shape))
+    if missing or extra or shapes:
+        detail = "; ".join(
+            f"{label}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", extra), ("shape differs", shapes))
+            if keys
+        )
+        raise ValueError(f"resume={str(path)!r} is not a checkpoint of this model ({detail})")

@@ -1,0 +1,149 @@
+"""Command-line side of fine-tuning: the ``--finetune`` options of ``njet-convert`` and ``python -m
+njet_convert.training``.
+
+``add_training_arguments(parser)`` adds the options; ``run_training(args, model, teacher, out_dir)`` resolves the
+data and runs :func:`~njet_convert.training.finetune.finetune`. Data names are resolved by
+``njet_convert.data.datasets.resolve_dataset(name, split)`` when that module exists; otherwise by the small table
+here: ``fashion-mnist``, ``opencv-digits``, or a folder of images (class sub-folders → labeled, flat → unlabeled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from .config import SCHEDULES, DistillConfig, FinetuneConfig
+from .finetune import FinetuneResult, finetune
+
+__all__ = ["BUILTIN_DATASETS", "add_training_arguments", "config_from_args", "resolve_data", "run_training"]
+
+BUILTIN_DATASETS = ("fashion-mnist", "opencv-digits")
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Add the fine-tuning options (``--finetune DATA --epochs E``, ``--distill``, ``--resume``, ...)."""
+    g = parser.add_argument_group("fine-tuning")
+    g.add_argument("--finetune", metavar="DATA", help="fine-tune on DATA: " + ", ".join(BUILTIN_DATASETS)
+                   + ", or an image folder (class sub-folders, or flat and unlabeled with --distill)")
+    g.add_argument("--val", metavar="DATA", help="validation data (default: the test split of a named dataset)")
+    g.add_argument("--epochs", type=int, default=1, help="epochs of fine-tuning (default 1)")
+    g.add_argument("--distill", action="store_true", help="match the original network's outputs (KL)")
+    g.add_argument("--distill-temperature", type=float, default=4.0, metavar="T")
+    g.add_argument("--distill-label-weight", type=float, default=0.0, metavar="W",
+                   help="mix in the labels' cross-entropy with weight W (0..1)")
+    g.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (file or output folder)")
+    g.add_argument("--lr", type=float, default=0.01)
+    g.add_argument("--sigma-lr", type=float, default=None, help="learning rate of σ (default: --lr)")
+    g.add_argument("--alpha-decay", type=float, default=1e-4, help="L2 weight on α (paper: 1e-4..1e-2)")
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--schedule", choices=SCHEDULES, default="cosine")
+    g.add_argument("--warmup-epochs", type=float, default=0.0)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return g
+
+
+def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
+    """A :class:`FinetuneConfig` from parsed options (ValueError names a bad value)."""
+    distill = (DistillConfig(args.distill_temperature, args.distill_label_weight) if args.distill else None)
+    return FinetuneConfig(
+        lr=args.lr, sigma_lr=args.sigma_lr, alpha_decay=args.alpha_decay, weight_decay=args.weight_decay,
+        schedule=args.schedule, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, workers=args.workers,
+        amp=args.amp, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch, distill=distill,
+        progress=not args.quiet, plots=not args.no_plots,
+    )
+
+
+def resolve_data(spec: str, split: str = "train", image_size: int | None = None) -> Dataset | Tensor | tuple:
+    """A dataset from a name or a folder; ValueError for an unknown name or an unreadable folder."""
+    try:
+        datasets = importlib.import_module("njet_convert.data.datasets")
+    except ModuleNotFoundError:
+        datasets = None
+    if datasets is not None and hasattr(datasets, "resolve_dataset"):
+        return datasets.resolve_dataset(spec, split)
+    key = spec.lower().replace("_", "-")
+    if key in ("fashion-mnist", "fashionmnist"):
+        from njet_convert.data import load_fashion_mnist
+
+        images, labels = load_fashion_mnist("train" if split == "train" else "test")
+        return images.unsqueeze(1), labels
+    if key in ("opencv-digits", "digits"):
+        from njet_convert.data import load_opencv_digits
+
+        images, labels = load_opencv_digits()
+        perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))
+        idx = perm[:4000] if split == "train" else perm[4000:]
+        return images[idx].unsqueeze(1), labels[idx]
+    path = Path(spec)
+    if path.is_dir():
+        return _image_folder(path, image_size or 224)
+    raise ValueError(f"unknown dataset {spec!r}: use one of {BUILTIN_DATASETS} or an image folder")
+
+
+def _image_folder(path: Path, size: int) -> Dataset | Tensor:
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir())
+    if subdirs:
+        from torchvision import datasets, transforms
+
+        tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
+                                 transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+        return datasets.ImageFolder(str(path), transform=tf)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"dataset folder {str(path)!r} holds no images and no class sub-folders")
+    import numpy as np
+    from PIL import Image
+
+    from njet_convert.data.photos import IMAGENET_MEAN, IMAGENET_STD, _centre_square, _resize
+
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    out = []
+    for f in files:
+        with Image.open(f) as img:
+            arr = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        out.append((_resize(_centre_square(arr), size) - mean) / std)
+    return torch.stack(out)  # unlabeled: fine-tune with --distill
+
+
+def run_training(
+    args: argparse.Namespace, model: nn.Module, teacher: nn.Module | None, out_dir: str | Path | None,
+    train_data: Any = None, val_data: Any = None,
+) -> FinetuneResult | None:
+    """Run the fine-tuning that ``args`` asks for (None when ``--finetune`` is not given).
+
+    ``train_data``/``val_data`` override ``--finetune``/``--val`` (e.g. the calibration set the CLI already has).
+    ``teacher`` is required with ``--distill``. Raises ValueError (the CLI turns it into exit code 2).
+    """
+    if args.finetune is None and train_data is None:
+        if args.resume:
+            raise ValueError("--resume needs --finetune DATA (the data the run was trained on)")
+        return None
+    if args.distill and teacher is None:
+        raise ValueError("--distill needs the original network as teacher")
+    config = config_from_args(args)
+    if train_data is None:
+        train_data = resolve_data(args.finetune, "train")
+    if val_data is None and args.val is not None:
+        val_data = resolve_data(args.val, "test")
+    elif val_data is None and args.finetune is not None and args.finetune.lower() in _NAMED_WITH_TEST:
+        val_data = resolve_data(args.finetune, "test")
+    return finetune(model, train_data, val_data, epochs=args.epochs, config=config,
+                    teacher=teacher if args.distill else None, out_dir=out_dir, resume=args.resume)
+
+
+_NAMED_WITH_TEST = {"fashion-mnist", "fashionmnist", "fashion_mnist", "opencv-digits", "digits"}
+
+

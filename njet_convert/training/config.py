@@ -1,0 +1,107 @@
+"""Typed settings of one fine-tuning run (the paper's optimisation: SGD, momentum 0.9, L2 on α, own lr for σ)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["AMP_MODES", "SCHEDULES", "DistillConfig", "FinetuneConfig"]
+
+SCHEDULES = ("cosine", "step", "constant")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation to a teacher (the original network).
+
+    ``loss = (1 - label_weight) * T² · KL(softmax(teacher / T) ‖ softmax(student / T)) + label_weight · CE(labels)``;
+    batches without labels use the KL term alone.
+    """
+
+    temperature: float = 4.0
+    label_weight: float = 0.0  # 0: pure distillation; in (0, 1]: mix with the labels' cross-entropy
+
+    def __post_init__(self) -> None:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a positive finite number, got {self.temperature!r}")
+        if not 0.0 <= self.label_weight <= 1.0:
+            raise ValueError(f"label_weight must lie in [0, 1], got {self.label_weight!r}")
+
+
+@dataclass
+class FinetuneConfig:
+    """Hyper-parameters of :func:`njet_convert.training.finetune.finetune`.
+
+    Parameter groups (see :mod:`njet_convert.training.optim`): α of every NJetConv2d decays with ``alpha_decay``
+    (paper: 1e-4 ResNet, 1e-3 ALLCNN, 1e-2 NIN), σ (``log_sigma``) learns at ``sigma_lr`` (default ``lr``) with
+    ``sigma_decay`` (default none), batch-norm weights and biases never decay, other weights use ``weight_decay``.
+    """
+
+    lr: float = 0.01
+    sigma_lr: float | None = None
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    alpha_decay: float = 1e-4
+    sigma_decay: float = 0.0
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = 0.0  # linear warm-up from ``warmup_start * lr``; fractional epochs allowed
+    warmup_start: float = 0.1
+    step_epochs: int = 30  # step schedule: multiply lr by ``step_gamma`` every ``step_epochs`` epochs
+    step_gamma: float = 0.1
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    batch_size: int = 64
+    workers: int = 0
+    grad_clip: float | None = None
+    label_smoothing: float = 0.0
+    distill: DistillConfig | None = None  # set (or pass teacher=) to distil; teacher= without it uses defaults
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA when supported, fp16 else; off on CPU
+    channels_last: bool = True  # CUDA only
+    seed: int = 0
+    max_steps_per_epoch: int | None = None  # cap (quick runs, smoke tests)
+    eval_every: int = 1  # epochs between validations
+    progress: bool = True  # tqdm bars on rank 0 when stderr is a tty
+    plots: bool = True
+    tensorboard: bool = True  # when the tensorboard package is installed
+    find_unused_parameters: bool | None = None  # DDP; None: only when some trainable parameter gets no gradient
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, stored in checkpoints and metrics
+
+    def __post_init__(self) -> None:
+        if isinstance(self.distill, dict):
+            self.distill = DistillConfig(**self.distill)
+        positive = {"lr": self.lr, "batch_size": self.batch_size, "eval_every": self.eval_every,
+                    "step_epochs": self.step_epochs}
+        for name, value in positive.items():
+            if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if self.sigma_lr is not None and not self.sigma_lr >= 0:
+            raise ValueError(f"sigma_lr must be >= 0, got {self.sigma_lr!r}")
+        for name in ("weight_decay", "alpha_decay", "sigma_decay", "warmup_epochs", "momentum", "label_smoothing"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"workers must be an integer >= 0, got {self.workers!r}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError(f"max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive, got {self.grad_clip!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (stored in checkpoints, which are read with ``weights_only=True``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FinetuneConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown FinetuneConfig fields: {unknown}")
+        return cls(**values)
