@@ -237,6 +237,8 @@ def test_bad_inputs_raise_value_error(tmp_path):
         finetune(_Tiny(), x, epochs=1, config=_cfg(), device="cpu")
     with pytest.raises(ValueError, match="epochs"):
         finetune(_Tiny(), (x, y), epochs=0, device="cpu")
+    with pytest.raises(ValueError, match="cannot run on the training data's inputs of shape"):
+        finetune(_Tiny(), (x.repeat(1, 3, 1, 1), y), epochs=1, config=_cfg(), device="cpu")  # 3 channels, not 1
     with pytest.raises(ValueError, match="batch_size"):
         FinetuneConfig(batch_size=0)
     # a resume path that is no checkpoint, or a checkpoint of another model; nothing written is lost

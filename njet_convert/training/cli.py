@@ -2,35 +2,33 @@
 njet_convert.training``.
 
 ``add_training_arguments(parser)`` adds the options; ``run_training(args, model, teacher, out_dir)`` resolves the
-data and runs :func:`~njet_convert.training.finetune.finetune`. Data names are resolved by
-``njet_convert.data.datasets.resolve_dataset(name, split)`` when that module exists; otherwise by the small table
-here: ``fashion-mnist``, ``opencv-digits``, or a folder of images (class sub-folders → labeled, flat → unlabeled).
+data and runs :func:`~njet_convert.training.finetune.finetune`. Data are resolved by
+:func:`njet_convert.data.resolve_dataset`: a dataset name (``njet_convert.data.dataset_names()``) or a folder of
+images (class sub-folders → labeled, flat → unlabeled, for ``--distill``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+
+from njet_convert.data.datasets import dataset_names, resolve_dataset
 
 from .config import SCHEDULES, DistillConfig, FinetuneConfig
 from .finetune import FinetuneResult, finetune
 
-__all__ = ["BUILTIN_DATASETS", "add_training_arguments", "config_from_args", "resolve_data", "run_training"]
+__all__ = ["add_training_arguments", "config_from_args", "resolve_data", "run_training"]
 
-BUILTIN_DATASETS = ("fashion-mnist", "opencv-digits")
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Add the fine-tuning options (``--finetune DATA --epochs E``, ``--distill``, ``--resume``, ...)."""
     g = parser.add_argument_group("fine-tuning")
-    g.add_argument("--finetune", metavar="DATA", help="fine-tune on DATA: " + ", ".join(BUILTIN_DATASETS)
+    g.add_argument("--finetune", metavar="DATA", help="fine-tune on DATA: " + ", ".join(dataset_names())
                    + ", or an image folder (class sub-folders, or flat and unlabeled with --distill)")
     g.add_argument("--val", metavar="DATA", help="validation data (default: the test split of a named dataset)")
     g.add_argument("--epochs", type=int, default=1, help="epochs of fine-tuning (default 1)")
@@ -66,56 +64,9 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     )
 
 
-def resolve_data(spec: str, split: str = "train", image_size: int | None = None) -> Dataset | Tensor | tuple:
-    """A dataset from a name or a folder; ValueError for an unknown name or an unreadable folder."""
-    try:
-        datasets = importlib.import_module("njet_convert.data.datasets")
-    except ModuleNotFoundError:
-        datasets = None
-    if datasets is not None and hasattr(datasets, "resolve_dataset"):
-        return datasets.resolve_dataset(spec, split)
-    key = spec.lower().replace("_", "-")
-    if key in ("fashion-mnist", "fashionmnist"):
-        from njet_convert.data import load_fashion_mnist
-
-        images, labels = load_fashion_mnist("train" if split == "train" else "test")
-        return images.unsqueeze(1), labels
-    if key in ("opencv-digits", "digits"):
-        from njet_convert.data import load_opencv_digits
-
-        images, labels = load_opencv_digits()
-        perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))
-        idx = perm[:4000] if split == "train" else perm[4000:]
-        return images[idx].unsqueeze(1), labels[idx]
-    path = Path(spec)
-    if path.is_dir():
-        return _image_folder(path, image_size or 224)
-    raise ValueError(f"unknown dataset {spec!r}: use one of {BUILTIN_DATASETS} or an image folder")
-
-
-def _image_folder(path: Path, size: int) -> Dataset | Tensor:
-    subdirs = sorted(p for p in path.iterdir() if p.is_dir())
-    if subdirs:
-        from torchvision import datasets, transforms
-
-        tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
-                                 transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-        return datasets.ImageFolder(str(path), transform=tf)
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"dataset folder {str(path)!r} holds no images and no class sub-folders")
-    import numpy as np
-    from PIL import Image
-
-    from njet_convert.data.photos import IMAGENET_MEAN, IMAGENET_STD, _centre_square, _resize
-
-    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    out = []
-    for f in files:
-        with Image.open(f) as img:
-            arr = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-        out.append((_resize(_centre_square(arr), size) - mean) / std)
-    return torch.stack(out)  # unlabeled: fine-tune with --distill
+def resolve_data(spec: str, split: str = "train", image_size: int | None = None) -> Dataset | Tensor:
+    """A dataset from a name or a folder; ValueError for an unknown name, missing data or an unreadable folder."""
+    return resolve_dataset(spec, split, image_size=image_size)
 
 
 def run_training(
@@ -138,12 +89,10 @@ def run_training(
         train_data = resolve_data(args.finetune, "train")
     if val_data is None and args.val is not None:
         val_data = resolve_data(args.val, "test")
-    elif val_data is None and args.finetune is not None and args.finetune.lower() in _NAMED_WITH_TEST:
-        val_data = resolve_data(args.finetune, "test")
+    elif val_data is None and args.finetune is not None and not Path(args.finetune).exists():
+        val_data = resolve_data(args.finetune, "test")  # a named dataset: its test split
     return finetune(model, train_data, val_data, epochs=args.epochs, config=config,
                     teacher=teacher if args.distill else None, out_dir=out_dir, resume=args.resume)
 
-
-_NAMED_WITH_TEST = {"fashion-mnist", "fashionmnist", "fashion_mnist", "opencv-digits", "digits"}
 
 

@@ -251,8 +251,23 @@ class _Trainer:
         ids = [self.ctx.device] if self.ctx.device.type == "cuda" else None
         self.net = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=find_unused)
 
-    def _probe_batch(self) -> Tensor | None:
-        loader = self.val_loader or self.train_loader
+    def _check_model_takes_data(self) -> None:
+        """A model that cannot take the data's inputs (channels, size) is bad input, not a crash mid-epoch."""
+        x = self._probe_batch(self.train_loader)
+        if x is None:
+            return
+        mode = self.model.training
+        try:
+            with torch.no_grad():
+                self.model.eval()(x)
+        except RuntimeError as exc:
+            raise ValueError(f"the model cannot run on the training data's inputs of shape {tuple(x.shape)}: "
+                             f"{str(exc).splitlines()[0]}") from None
+        finally:
+            self.model.train(mode)
+
+    def _probe_batch(self, loader=None) -> Tensor | None:
+        loader = loader or self.val_loader or self.train_loader
         dataset = loader.loader.dataset
         try:
             first = dataset[0]
@@ -263,6 +278,7 @@ class _Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self, state: dict[str, Any] | None) -> FinetuneResult:
+        self._check_model_takes_data()
         if state is not None:
             self._restore(state)
         main = self.ctx.is_main
