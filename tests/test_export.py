@@ -18,6 +18,7 @@ import torchvision
 from torch import nn
 
 from njet_convert.export import OnnxExportError, VerificationError, export_onnx, freeze
+from njet_convert.export.adaptive_pool import MatrixAdaptiveAvgPool2d
 from njet_convert.export.freeze import max_relative_error, njet_modules
 from njet_convert.models.unet import UNet
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample
@@ -288,3 +289,23 @@ def test_cli_exports_a_loaded_model(tmp_path, monkeypatch, capsys) -> None:
     with torch.no_grad():
         assert max_relative_error(_ort(out, x), model(x)) <= 1e-4
     assert main(["saved_dir", "--out", str(out), "--input-shape", "1,3"]) == 2  # bad shape: one line, exit 2
+
+
+@pytest.mark.parametrize(("size_in", "size_out"), [((7, 9), (4, 4)), ((5, 6), (3, 4)), ((8, 8), (4, 4))])
+def test_matrix_adaptive_pool_equals_torch(size_in: tuple, size_out: tuple) -> None:
+    x = torch.randn(2, 3, *size_in)
+    pool = MatrixAdaptiveAvgPool2d(size_in, size_out)
+    torch.testing.assert_close(pool(x), nn.functional.adaptive_avg_pool2d(x, size_out), rtol=1e-6, atol=1e-6)
+
+
+def test_adaptive_pool_after_learned_subsampling_exports(tmp_path) -> None:
+    """σ moved after fine-tuning: 28 px -> 15 px -> adaptive pool to 4×4 (not a multiple) still exports exactly."""
+    conv = NJetConv2d(1, 4, order=2, sigma=1.3)
+    model = nn.Sequential(conv, SafeSubsample(r=1.4, source=conv), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                          nn.Linear(64, 3)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert model[1](conv(x)).shape[-1] % 4 != 0
+    frozen = freeze(model, x)
+    assert any(isinstance(m, MatrixAdaptiveAvgPool2d) for m in frozen.modules())
+    result = export_onnx(model, tmp_path / "pool.onnx", x)
+    assert max(result.checks.values()) < 1e-4

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample
 
+from .adaptive_pool import MatrixAdaptiveAvgPool2d, needs_matrix_pool
 from .bn_fold import fold_batchnorms
 from .resize import FixedResize, ResizeTo, ScaleResize, StridedSubsample, _nearest_index, _out_size
 from .separable import dense_form, layer_costs, separable_form
@@ -102,7 +103,8 @@ class FreezeReport:
         for rs in self.resizes:
             factor = "" if rs.factor is None else f" factor={rs.factor:.4g}"
             rows.append(f"{rs.name:32} {rs.kind} -> {rs.form} ({rs.mode}{factor})")
-        rows.append(f"batch norms folded: {len(self.folded_batchnorms)}; max rel. error vs N-Jet: {self.max_rel_error}")
+        error = "not checked" if self.max_rel_error is None else f"{self.max_rel_error:.3g}"
+        rows.append(f"batch norms folded: {len(self.folded_batchnorms)}; max rel. error vs N-Jet: {error}")
         return "\n".join(rows)
 
 
@@ -156,6 +158,12 @@ def freeze(
             replacements[name] = _freeze_subsample(name, mod, sizes.get(name), dynamic, names, report)
         elif isinstance(mod, MatchSize):
             replacements[name] = _freeze_match(name, mod, sizes.get(name), dynamic, report)
+        elif type(mod) is nn.AdaptiveAvgPool2d and not dynamic and sizes.get(name):
+            size_in, size_out = sizes[name]
+            if needs_matrix_pool(size_in, size_out):  # ONNX: only multiples export as AveragePool
+                replacements[name] = MatrixAdaptiveAvgPool2d(size_in, size_out)
+                report.resizes.append(FrozenResize(name, "AdaptiveAvgPool2d", "average", "matrix",
+                                                   sizes=(size_in, size_out)))
     for name, new in replacements.items():
         work = new if name == "" else _replace(work, name, new)
     leftover = [(n, type(m).__name__) for n, m in work.named_modules() if type(m).__module__.startswith("njet_layers")]
@@ -198,7 +206,7 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
 
 
 def _record_sizes(work: nn.Module, x: Tensor) -> tuple[dict[str, tuple | None], Any]:
-    """Run the (unfrozen) model once: its output, and per SafeSubsample/MatchSize the (input, output) sizes."""
+    """Run the (unfrozen) model once: its output, and per resize or adaptive pool the (input, output) sizes."""
     seen: dict[str, tuple | None] = {}
     handles = []
 
@@ -209,7 +217,7 @@ def _record_sizes(work: nn.Module, x: Tensor) -> tuple[dict[str, tuple | None], 
         return record
 
     for name, mod in work.named_modules():
-        if isinstance(mod, (SafeSubsample, MatchSize)):
+        if isinstance(mod, (SafeSubsample, MatchSize, nn.AdaptiveAvgPool2d)):
             handles.append(mod.register_forward_hook(hook(name)))
     try:
         out = work(x)
