@@ -19,7 +19,9 @@ import itertools
 from collections import Counter
 
 import torch
-from torch import fx, nn
+from torch import nn
+
+from ._graph import call_counts, is_call_of, trace_with_leaves
 
 __all__ = ["fold_batchnorm", "fold_batchnorms"]
 
@@ -72,32 +74,22 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
 
 
 def _pairs_fx(model: nn.Module, leaf_types: tuple[type, ...]) -> list[tuple[str, str]]:
-    class _Tracer(fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return isinstance(m, leaf_types) or super().is_leaf_module(m, qualname)
-
-    try:
-        graph = _Tracer().trace(model)
-    except Exception:  # (untraceable forward: fall back to the Sequential scan)
+    graph = trace_with_leaves(model, lambda m: isinstance(m, leaf_types))
+    if graph is None:
         return []
-    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    calls = call_counts(graph)
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(model.get_submodule(node.target), _BN):
             continue
         src = node.args[0] if node.args else None
-        while _is_call(src, model, leaf_types) and len(src.users) == 1 and src.args:  # through resizes
+        while is_call_of(src, model, leaf_types) and len(src.users) == 1 and src.args:  # through resizes
             src = src.args[0]
-        if not _is_call(src, model, nn.Conv2d) or len(src.users) != 1:
+        if not is_call_of(src, model, nn.Conv2d) or len(src.users) != 1:
             continue
         if calls[src.target] == 1 and calls[node.target] == 1:
             pairs.append((str(src.target), str(node.target)))
     return pairs
-
-
-def _is_call(node: object, model: nn.Module, types: tuple[type, ...] | type) -> bool:
-    return (isinstance(node, fx.Node) and node.op == "call_module"
-            and isinstance(model.get_submodule(str(node.target)), types))
 
 
 def _last_conv(mod: nn.Module, skip: tuple[type, ...]) -> nn.Module | None:

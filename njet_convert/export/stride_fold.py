@@ -11,8 +11,9 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
-from torch import fx, nn
+from torch import nn
 
+from ._graph import call_counts, is_call_of, trace_with_leaves
 from .resize import StridedSubsample
 
 __all__ = ["fold_strides"]
@@ -49,29 +50,20 @@ def _stages(mod: nn.Module) -> tuple[nn.Conv2d, nn.Conv2d] | None:
 
 
 def _pairs_fx(model: nn.Module, leaf_types: tuple[type, ...]) -> list[tuple[str, str]]:
-    class _Tracer(fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return isinstance(m, leaf_types) or _stages(m) is not None or super().is_leaf_module(m, qualname)
-
-    try:
-        graph = _Tracer().trace(model)
-    except Exception:  # (untraceable forward: fall back to the Sequential scan)
+    graph = trace_with_leaves(model, lambda m: isinstance(m, leaf_types) or _stages(m) is not None)
+    if graph is None:
         return []
-    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    calls = call_counts(graph)
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(model.get_submodule(node.target), StridedSubsample):
             continue
         src = node.args[0] if node.args else None
-        while _call_of(src, model, nn.Identity) and len(src.users) == 1:  # folded BatchNorms
+        while is_call_of(src, model, nn.Identity) and len(src.users) == 1:  # folded BatchNorms
             src = src.args[0]
-        if _call_of(src, model, nn.Module) and len(src.users) == 1 and calls[src.target] == calls[node.target] == 1:
+        if is_call_of(src, model, nn.Module) and len(src.users) == 1 and calls[src.target] == calls[node.target] == 1:
             pairs.append((str(src.target), str(node.target)))
     return pairs
-
-
-def _call_of(node: object, model: nn.Module, kind: type) -> bool:
-    return isinstance(node, fx.Node) and node.op == "call_module" and isinstance(model.get_submodule(node.target), kind)
 
 
 def _pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
