@@ -46,7 +46,8 @@ from .surgery import (
     trace,
 )
 
-__all__ = ["FORMAT", "convert", "rewrite", "source_of"]
+__all__ = ["FORMAT", "CheckedCalibration", "checked_calibration", "convert", "original_shapes", "resolve_source",
+           "rewrite", "source_of"]
 
 FORMAT = "njet-converted/1"
 _CARRY_ATTRS = ("pretrained_cfg", "default_cfg", "num_classes", "num_features", "feature_info", "head_hidden_size")
@@ -82,16 +83,21 @@ def convert(
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     cfg = _config(config, order, k, subsample, include, exclude, options)
     _check_calibration(calibration)
+    data = checked_calibration(calibration, model) if calibration is not None and cfg.fit else None
     start = time.perf_counter()
     report = ConversionReport(options=cfg.to_dict())
     report.params_before = _count(model)
     out, state = rewrite(model, cfg, report)
-    if calibration is not None and cfg.fit:
-        _calibrate(out, model, state, calibration, cfg)
+    if data is not None:
+        _calibrate(out, model, state, data, cfg)
     finalize_subsampling(out, state.strides)
     _finish_report(out, state, report)
     report.seconds = time.perf_counter() - start
-    out.njet_conversion = _record(out, state, source_of(model, source))
+    src = source_of(model, source, resolve=False)
+    if source is None and type(model).__module__.startswith("torchvision.models"):
+        src["deferred"] = True  # the builder is looked up by save() (resolve_source)
+        out.njet_original_shapes = original_shapes(model)
+    out.njet_conversion = _record(out, state, src)
     out.conversion_report = report
     out.source_architecture = out.njet_conversion["source"]["name"]
     return out, report
@@ -118,6 +124,61 @@ def _check_calibration(data: Any) -> None:
     if isinstance(data, str | bytes) or not isinstance(data, Iterable):
         raise ValueError(f"calibration must be a tensor [N, C, H, W] or an iterable of batches, got "
                          f"{type(data).__name__}")
+
+
+def checked_calibration(data: Tensor | Iterable, model: nn.Module) -> Tensor | CheckedCalibration:
+    """``data`` checked against ``model`` (a tensor at once, an iterable batch by batch as the fit reads it)."""
+    if torch.is_tensor(data):
+        CheckedCalibration([data], model)._check(0, data)
+        return data
+    return CheckedCalibration(data, model)
+
+
+class CheckedCalibration:
+    """Re-iterable calibration batches, each checked before the fit sees it: a float tensor ``[B, C, H, W]`` (or
+    ``(tensor, label)``) of the model's dtype, finite, with the channels of the first batch; the first batch must run
+    through the original model (one sample, eval mode, modes restored). Any problem: ``ValueError`` in one line."""
+
+    def __init__(self, data: Tensor | Iterable, model: nn.Module) -> None:
+        self.model = model
+        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        self.source = data if iter(data) is not data else list(data)  # one-shot iterators are read once
+        self.channels: int | None = None
+
+    def __iter__(self):
+        for i, item in enumerate(self.source):
+            batch = item[0] if isinstance(item, tuple | list) and item else item
+            self._check(i, batch)
+            yield item
+
+    def _check(self, i: int, batch: Any) -> None:
+        where = f"calibration batch {i}"
+        if not torch.is_tensor(batch) or batch.dim() != 4 or not batch.is_floating_point() or batch.shape[0] == 0:
+            got = f"shape {tuple(batch.shape)} dtype {batch.dtype}" if torch.is_tensor(batch) else type(batch).__name__
+            raise ValueError(f"{where} must be a non-empty float tensor [B, C, H, W] (or (tensor, label)), got {got}")
+        if self.dtype is not None and batch.dtype != self.dtype:
+            raise ValueError(f"{where} has dtype {batch.dtype}, the model's parameters are {self.dtype}")
+        if not bool(torch.isfinite(batch).all()):
+            raise ValueError(f"{where} holds NaN or infinite values")
+        if self.channels is None:
+            self._probe(batch)
+            self.channels = batch.shape[1]
+        elif batch.shape[1] != self.channels:
+            raise ValueError(f"{where} has {batch.shape[1]} channels, the first batch had {self.channels}")
+
+    def _probe(self, batch: Tensor) -> None:
+        modes = {m: m.training for m in self.model.modules()}
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                self.model(batch[:1])
+        except RuntimeError as err:
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"calibration batch of shape {tuple(batch.shape)} does not fit the model: "
+                             f"{message[:200]}") from None
+        finally:
+            for m, mode in modes.items():
+                m.train(mode)
 
 
 def rewrite(model: nn.Module, cfg: ConvertConfig, report: ConversionReport,
@@ -179,8 +240,10 @@ def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def source_of(model: nn.Module, source: str | Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``{"name": ..., "kwargs": {...}}`` describing how to rebuild ``model``'s architecture (see ``convert``)."""
+def source_of(model: nn.Module, source: str | Mapping[str, Any] | None = None, resolve: bool = True) -> dict[str, Any]:
+    """``{"name": ..., "kwargs": {...}}`` describing how to rebuild ``model``'s architecture (see ``convert``):
+    timm and zoo models by their timm name, torchvision models by the builder whose architecture has the same
+    state_dict shapes (``resolve=False``: not looked up, only the class), others by their class."""
     if isinstance(source, Mapping):
         return {"name": str(source["name"]), "kwargs": dict(source.get("kwargs", {}))}
     if isinstance(source, str):
@@ -189,13 +252,73 @@ def source_of(model: nn.Module, source: str | Mapping[str, Any] | None = None) -
         raise ValueError(f"source must be a string or a mapping, got {type(source).__name__}")
     cfg = getattr(model, "pretrained_cfg", None)
     arch = cfg.get("architecture") if isinstance(cfg, Mapping) else None
-    if arch and type(model).__module__.startswith("timm."):
+    if arch and _is_timm_model(arch):  # timm's own models and the zoo (registered in timm)
         kwargs = {}
         if getattr(model, "num_classes", None) is not None:
             kwargs["num_classes"] = int(model.num_classes)
         return {"name": f"timm:{arch}", "kwargs": kwargs}
     cls = type(model)
-    return {"name": f"{cls.__module__}:{cls.__qualname__}", "kwargs": {}}
+    found = _torchvision_source(model) if resolve and cls.__module__.startswith("torchvision.models") else None
+    return found or {"name": f"{cls.__module__}:{cls.__qualname__}", "kwargs": {}}
+
+
+def resolve_source(model: nn.Module) -> dict[str, Any]:
+    """The source recorded on a converted ``model``, with a torchvision builder looked up now if it was deferred
+    (the lookup builds candidate architectures on the meta device: ~0.1–1 s, so ``convert`` leaves it to ``save``)."""
+    record = model.njet_conversion
+    shapes = getattr(model, "njet_original_shapes", None)
+    if record["source"].get("deferred") and shapes is not None:
+        found = _torchvision_source(None, shapes, record["source"]["name"].partition(":")[0])
+        record["source"] = found or {"name": record["source"]["name"], "kwargs": {}}
+        model.source_architecture = record["source"]["name"]
+    return record["source"]
+
+
+def _is_timm_model(name: str) -> bool:
+    try:
+        import timm
+    except ImportError:
+        return False
+    return bool(timm.is_model(name))
+
+
+_TV_VARIANTS = ({}, {"aux_logits": False}, {"aux_logits": False, "init_weights": False})
+
+
+def original_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """state_dict key -> shape (what identifies a torchvision architecture)."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _torchvision_source(model: nn.Module | None, shapes: dict | None = None,
+                        where: str = "") -> dict[str, Any] | None:
+    """The torchvision builder (and keyword arguments) whose architecture has the same state_dict shapes: the
+    builders defined in the model class's module, built on the meta device (no memory, no download)."""
+    import torchvision
+
+    if model is not None:
+        shapes, where = original_shapes(model), type(model).__module__
+    names = [n for n in torchvision.models.list_models() if torchvision.models.get_model_builder(n).__module__ == where]
+    last = [v for k, v in shapes.items() if k.endswith("weight") and len(v) in (2, 4)]
+    num_classes = last[-1][0] if last else None
+    for classes in ({}, {"num_classes": num_classes}):
+        for extra in _TV_VARIANTS:
+            for name in names:
+                kwargs = {**extra, **classes}
+                if ".segmentation." in where:
+                    kwargs["weights_backbone"] = None
+                if _tv_shapes(torchvision, name, kwargs) == shapes:
+                    return {"name": f"torchvision:{name}", "kwargs": kwargs}
+    return None
+
+
+def _tv_shapes(torchvision, name: str, kwargs: dict) -> dict | None:
+    try:
+        with torch.device("meta"):
+            built = torchvision.models.get_model(name, weights=None, **kwargs)
+    except Exception:  # a builder that rejects these arguments is simply not a match
+        return None
+    return {k: tuple(v.shape) for k, v in built.state_dict().items()}
 
 
 def _record(out: nn.Module, state: SurgeryState, source: dict[str, Any]) -> dict[str, Any]:

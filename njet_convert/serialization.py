@@ -22,7 +22,7 @@ from torch import nn
 from njet_layers import SafeSubsample
 
 from .config import ConvertConfig
-from .converter import FORMAT, rewrite
+from .converter import FORMAT, resolve_source, rewrite
 from .report import ConversionReport
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "build_architecture", "load", "save"]
@@ -42,7 +42,8 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    record = _current_record(model, record)
+    resolve_source(model)
+    record = _current_record(model, model.njet_conversion)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     _atomic(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
     _atomic(out / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))

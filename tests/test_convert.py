@@ -14,6 +14,15 @@ from njet_convert import ConversionReport, ConvertConfig, convert, load, save
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on the shared 2-core machines two threads mostly spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TinyNet(nn.Module):
     """Residual CNN with a strided 3×3 + strided 1×1 shortcut, a max pool, a functional pool and a concat."""
 
@@ -46,7 +55,13 @@ def _tiny() -> nn.Module:
      ({"include": ["nothing.*"]}, "nothing"), ({"exclude": [nn.ConvTranspose2d]}, "ConvTranspose2d"),
      ({"include": ["re:("]}, "regex"), ({"calibration": torch.zeros(3, 32, 32)}, "calibration"),
      ({"calibration": torch.zeros(2, 3, 8, 8, dtype=torch.int64)}, "calibration"),
-     ({"calibration": "x"}, "calibration"),
+     ({"calibration": "x"}, "calibration"), ({"calibration": torch.zeros(2, 1, 24, 24)}, "does not fit the model"),
+     ({"calibration": torch.zeros(2, 3, 24, 24, dtype=torch.float64)}, "dtype torch.float64"),
+     ({"calibration": torch.full((2, 3, 24, 24), float("nan"))}, "NaN"),
+     ({"calibration": [torch.zeros(2, 3, 24, 24), torch.zeros(2, 4, 24, 24)]}, "batch 1 has 4 channels"),
+     ({"calibration": [(torch.zeros(3, 24, 24), 0)]}, "batch 0 must be"),
+     ({"calibration": iter([torch.zeros(2, 3, 24, 24, dtype=torch.int64)])}, "dtype torch.int64"),
+     ({"calibration": []}, "empty"),
      ({"interpolation": "cubic"}, "interpolation"), ({"bogus_option": 1}, "bogus_option")],
 )
 def test_bad_input(kwargs, match) -> None:
@@ -227,3 +242,149 @@ def test_calibration_is_passed_on() -> None:
 
 def test_public_api_lazy_names() -> None:
     assert njet_convert.convert is convert and njet_convert.ConvertConfig is ConvertConfig
+
+
+@pytest.mark.parametrize("rule", [nn.ConvTranspose2d, "nothing.*", "re:nothing[0-9]", re.compile("nothing"),
+                                  lambda n, m: n == "nothing"])
+@pytest.mark.parametrize("where", ["include", "exclude"])
+def test_rule_matching_nothing_is_named(rule, where) -> None:
+    from njet_convert.config import describe_rule
+
+    kwargs = {where: [nn.Conv2d, rule]} if where == "include" else {where: [rule]}
+    with pytest.raises(ValueError, match=re.escape(describe_rule(rule))) as err:
+        convert(_tiny(), **kwargs)
+    assert where in str(err.value) and "\n" not in str(err.value)
+
+
+def test_selection_by_type_glob_regex_pattern_predicate() -> None:
+    model = _tiny()
+    cases = [(nn.Conv2d, {"stem", "conv_a", "branch"}), ("conv_*", {"conv_a"}),
+             ("re:(stem|branch)", {"stem", "branch"}), (re.compile("st.m"), {"stem"}),
+             (lambda n, m: n.startswith("b"), {"branch"})]
+    for rule, want in cases:
+        _, report = convert(model, include=[rule], subsample="keep")
+        assert {r.name for r in report.layers} == want, rule
+
+
+@pytest.mark.parametrize(("shape", "dilation"), [
+    ((16, 8, 3, 3), (1, 1)), ((12, 1, 3, 3), (1, 1)), ((6, 4, 1, 7), (1, 1)), ((6, 4, 7, 1), (1, 1)),
+    ((6, 4, 3, 3), (2, 2)), ((6, 4, 2, 2), (1, 1)), ((6, 3, 7, 7), (1, 1)), ((6, 4, 5, 5), (1, 1))])
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_fast_plain_fit_equals_fit_kernels(shape, dilation, order) -> None:
+    """The surgery's Gram-matrix σ search picks the σ fit_kernels picks, with the same α and error."""
+    from njet_convert.fitting import fit_kernels
+    from njet_convert.surgery.plain_fit import fit_conv
+
+    w = torch.randn(shape)
+    ref, got = fit_kernels(w, order, 2.0, dilation=dilation), fit_conv(w, order, 2.0, dilation=dilation)
+    assert got.sigma == ref.sigma
+    assert abs(got.error - ref.error) < 1e-7
+    assert torch.allclose(got.alpha, ref.alpha, rtol=1e-5, atol=1e-6)
+
+
+def _fit_check(model: nn.Module, x: torch.Tensor, order: int = 6) -> tuple[nn.Module, ConversionReport]:
+    out, report = convert(model, order=order, sigma_grid=[0.5, 0.7, 1.0])
+    with torch.no_grad():
+        ref, got = model(x), out(x)
+    assert got.shape == ref.shape
+    assert torch.allclose(got, ref, atol=0.05 * float(ref.abs().max())), float((got - ref).abs().max())
+    return out, report
+
+
+def test_timm_conv_subclasses_by_exact_type() -> None:
+    """Every Conv2d subclass of timm with its own forward is converted with its SAME padding / standardised
+    weight (outputs match at a high order), and an unknown subclass is skipped with the reason."""
+    from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2dSame
+    from timm.layers.conv2d_same import Conv2dSameExport
+
+    class MyConv(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv2dSameExport(3, 8, 3, stride=2), nn.ReLU(), ScaledStdConv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), StdConv2dSame(8, 8, 3, stride=2), ScaledStdConv2dSame(8, 8, 3),
+                          MyConv(8, 4, 3, padding=1)).eval()
+    _, report = _fit_check(model, torch.randn(1, 3, 21, 21))
+    assert [r.original_type for r in report.layers] == ["Conv2dSameExport", "ScaledStdConv2d", "StdConv2dSame",
+                                                        "ScaledStdConv2dSame"]
+    assert "standardisation" in report.layers[1].note and "TF-SAME" in report.layers[0].note
+    assert [(s.name, s.type) for s in report.skipped] == [("6", "MyConv")]
+    assert "unsupported conv type" in report.skipped[0].reason
+
+
+def test_nonsquare_dilated_asymmetric_padding() -> None:
+    """1×7 / 7×1 kernels, a dilated (ASPP-like) conv whose σ covers the dilated support, per-axis padding narrower
+    than the kernel (crop); padding wider than the kernel and reflect padding are reported as skipped."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, (1, 7), padding=(0, 3)), nn.Conv2d(4, 4, (7, 1), padding=(3, 0)),
+                          nn.Conv2d(4, 4, 3, padding=2, dilation=2), nn.Conv2d(4, 4, 3, padding=(0, 1)),
+                          nn.Conv2d(4, 4, 3, padding=3), nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")).eval()
+    x = torch.randn(1, 3, 17, 17)
+    out, report = convert(model, order=4)
+    with torch.no_grad():
+        assert out(x).shape == model(x).shape
+    dilated = report.layers[2]
+    assert dilated.dilation == (2, 2) and dilated.kernel_size >= 5 and "dilation" in dilated.note
+    assert report.layers[3].crop == (1, 0)
+    assert {s.name: s.reason.split()[0] for s in report.skipped} == {"4": "padding", "5": "padding_mode='reflect'"}
+    # order 8 (45 functions on the 5×5 frame) reproduces the dilated and the cropped layer: the taps sit right
+    _fit_check(model[2:4], torch.randn(1, 4, 17, 17), order=8)
+
+
+def test_save_load_torchvision_and_zoo(tmp_path) -> None:
+    """torchvision (builder found from the state_dict shapes) and zoo models rebuild without calibration data."""
+    import timm
+    import torchvision
+
+    x = torch.randn(2, 3, 32, 32)
+    for i, model in enumerate([torchvision.models.get_model("mobilenet_v2", weights=None, num_classes=7),
+                               timm.create_model("resnet32")]):
+        out, _ = convert(model.eval())
+        save(out, tmp_path / str(i))
+        back = load(tmp_path / str(i))
+        with torch.no_grad():
+            assert torch.equal(out(x), back(x))
+        assert sorted(p.name for p in (tmp_path / str(i)).iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((tmp_path / "0" / "config.json").read_text())["source"] == {
+        "name": "torchvision:mobilenet_v2", "kwargs": {"num_classes": 7}}
+    assert back.source_architecture == "timm:resnet32"
+    frozen = njet_convert.freeze(back)
+    with torch.no_grad():
+        assert torch.allclose(frozen(x), back(x), rtol=1e-4, atol=1e-4)
+    result = njet_convert.export_onnx(back, tmp_path / "m.onnx", x, verify=True)
+    assert (tmp_path / "m.onnx").is_file() and result is not None
+
+
+def test_save_is_atomic_and_load_rejects_broken_dirs(tmp_path, monkeypatch) -> None:
+    out, _ = convert(_tiny(), source="tests.test_convert:TinyNet")
+    save(out, tmp_path / "m")
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+    import safetensors.torch
+
+    def boom(tensors, path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(OSError):
+        save(out, tmp_path / "m")
+    monkeypatch.undo()
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before  # old file intact, no temporary left
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert load(tmp_path / "m") is not None
+    broken = {"no model.safetensors": lambda d: (d / "model.safetensors").unlink(),
+              "unreadable": lambda d: (d / "model.safetensors").write_bytes(b"garbage"),
+              "missing 'layers'": lambda d: (d / "config.json").write_text('{"format": "njet-converted/1", '
+                                                                          '"source": {}, "options": {}}'),
+              "not an njet": lambda d: (d / "config.json").write_text("[]"),
+              "cannot rebuild": lambda d: (d / "config.json").write_text(
+                  (d / "config.json").read_text().replace("tests.test_convert:TinyNet", "nowhere.mod:Net")),
+              "no config.json": lambda d: (d / "config.json").unlink()}
+    for i, (match, damage) in enumerate(broken.items()):
+        d = tmp_path / f"b{i}"
+        save(out, d)
+        damage(d)
+        with pytest.raises(ValueError, match=re.escape(match)):
+            load(d)

@@ -30,6 +30,7 @@ class ConvPlan:
     dilation: tuple[int, int] = (1, 1)
     kernel_size: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
+    standardised: bool = False  # the fit used the weight-standardised kernel (fixed from then on)
     reason: str = ""
 
     def out_size(self, n: int, axis: int) -> int:
@@ -77,13 +78,21 @@ def _standardised_weight(conv: nn.Conv2d) -> Callable[[], Tensor]:
     return weight
 
 
-def _timm_types() -> dict[str, type]:
+def _timm_types() -> dict[str, tuple[type, ...]]:
+    """timm's Conv2d subclasses with their own forward, by what that forward does (all of timm 1.0's)."""
     try:
         from timm.layers import Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
     except ImportError:
         return {}
-    return {"same": Conv2dSame, "std": StdConv2d, "std_same": StdConv2dSame, "sstd": ScaledStdConv2d,
-            "sstd_same": ScaledStdConv2dSame}
+    types: dict[str, tuple[type, ...]] = {"same": (Conv2dSame,), "std": (StdConv2d, ScaledStdConv2d),
+                                          "std_same": (StdConv2dSame, ScaledStdConv2dSame)}
+    try:
+        from timm.layers.conv2d_same import Conv2dSameExport  # pads TF-'SAME' once per input size: same result
+    except ImportError:
+        pass
+    else:
+        types["same"] += (Conv2dSameExport,)
+    return types
 
 
 def plan_conv(conv: nn.Module) -> ConvPlan:
@@ -92,18 +101,19 @@ def plan_conv(conv: nn.Module) -> ConvPlan:
     kind = type(conv)
     if kind is nn.Conv2d:
         weight, same = _plain_weight(conv), False
-    elif kind is timm.get("same"):
+    elif kind in timm.get("same", ()):
         weight, same = _plain_weight(conv), True
-    elif kind in (timm.get("std"), timm.get("sstd")):
+    elif kind in timm.get("std", ()):
         weight, same = _standardised_weight(conv), False
-    elif kind in (timm.get("std_same"), timm.get("sstd_same")):
+    elif kind in timm.get("std_same", ()):
         weight, same = _standardised_weight(conv), bool(getattr(conv, "same_pad", True))
     else:
         return ConvPlan(reason=f"unsupported conv type {kind.__module__}.{kind.__qualname__} (own forward)")
     if getattr(conv, "padding_mode", "zeros") != "zeros":
         return ConvPlan(reason=f"padding_mode={conv.padding_mode!r} is not reproduced (only zero padding)")
+    std = kind in timm.get("std", ()) + timm.get("std_same", ())
     plan = ConvPlan(weight=weight, pad_same=same, stride=tuple(conv.stride), dilation=tuple(conv.dilation),
-                    kernel_size=tuple(conv.kernel_size))
+                    kernel_size=tuple(conv.kernel_size), standardised=std)
     return _padding(plan, conv.padding)
 
 

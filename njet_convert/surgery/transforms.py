@@ -22,6 +22,7 @@ from ..report import LayerRecord, SubsampleRecord
 from .convs import ConvPlan, plan_conv
 from .joins import analyse_joins
 from .modules import PadSame
+from .plain_fit import fit_conv
 from .pools import POOL_FUNCTIONS, PoolPlan, plan_pool_call, plan_pool_module, stride1_pool
 from .state import SIZES, Point, SurgeryState
 
@@ -110,9 +111,12 @@ class SwapConvs(Transform):
             st.report.skip(name, _type_name(conv), plan.reason)
             return
         safe = cfg.subsample == "safe" and max(plan.stride) > 1
-        note = ""
+        note = "weight standardisation folded into the fit" if plan.standardised else ""
+        note += " TF-SAME padding by PadSame" if plan.pad_same else ""
+        if max(plan.dilation) > 1:
+            note += f" dilation {plan.dilation}: sigma covers the dilated support"
         if safe and plan.stride[0] != plan.stride[1]:
-            safe, note = False, f"anisotropic stride {plan.stride} kept"
+            safe, note = False, f"{note} anisotropic stride {plan.stride} kept"
         layer, error = self._build(name, conv, plan, (1, 1) if safe else plan.stride)
         nodes = _nodes_calling(st, name)
         pad = PadSame(plan.kernel_size, plan.stride, plan.dilation) if plan.pad_same else None
@@ -149,15 +153,13 @@ class SwapConvs(Transform):
             st.no_calibration.add(njet_name)
         st.report.layers.append(LayerRecord(
             njet_name, _type_name(conv), tuple(conv.weight.shape), "NJetConv2d", float(layer.sigma.detach()),
-            layer.kernel_size, error, plan.stride, plan.dilation, plan.crop, how, note))
+            layer.kernel_size, error, plan.stride, plan.dilation, plan.crop, how, note.strip()))
 
     def _build(self, name: str, conv: nn.Conv2d, plan: ConvPlan, stride) -> tuple[NJetConv2d, float]:
         cfg = self.state.cfg
         weight = plan.weight()
         if cfg.fit:
-            from ..fitting import fit_kernels
-
-            fit = fit_kernels(weight, cfg.order, cfg.k, sigma_grid=cfg.sigma_grid, dilation=plan.dilation)
+            fit = fit_conv(weight, cfg.order, cfg.k, sigma_grid=cfg.sigma_grid, dilation=plan.dilation)
             sigma, alpha, error = fit.sigma, fit.alpha, fit.error
         else:
             need = max(d * (k - 1) - d * (k - 1) // 2 for k, d in zip(plan.kernel_size, plan.dilation, strict=True))
