@@ -408,6 +408,7 @@ def _convert(run: _Run) -> str:
     njet_model, report = _api(lambda: njet_convert.convert(model, order=args.order, k=args.k, subsample=args.subsample,
                                                            calibration=calibration, source=spec.source, **options),
                               "convert")
+    njet_model.njet_conversion["input_size"] = list(input_size)  # for exporting the saved folder later
     example = torch.randn(2, *input_size, device=device)
     text = report.to_markdown()
     run.result.update(model=args.model, source=spec.source, recipe=getattr(spec.recipe, "name", None),

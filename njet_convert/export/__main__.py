@@ -6,8 +6,8 @@ Usage::
         [--static-batch] [--opset 17] [--exporter torchscript|dynamo] [--form auto|dense|separable] [--no-verify]
 
 ``MODEL_DIR`` is a directory written by ``njet_convert.save`` (read back with ``njet_convert.load``). The input
-shape defaults to the model's timm ``pretrained_cfg['input_size']`` with batch 1 when the model has one. Prints
-the per-layer freeze table and the verification figures; bad input exits with code 2 and one line.
+shape defaults to the input size ``njet-convert`` recorded, else the model's timm ``pretrained_cfg['input_size']``,
+with batch 1. Prints the per-layer freeze table and the verification figures; bad input exits with code 2 and one line.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def _shape(text: str | None, model: nn.Module) -> tuple[int, ...]:
             raise ValueError(f"--input-shape must be four positive integers N,C,H,W, got {text!r}")
         return shape
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    size = getattr(model, "njet_conversion", {}).get("input_size")  # recorded by njet-convert
+    size = size or (cfg.get("input_size") if isinstance(cfg, dict) else None)
     if not size:
         raise ValueError("--input-shape is required: the saved model does not record its input size")
     return (1, *(int(v) for v in size))
