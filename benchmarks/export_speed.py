@@ -4,18 +4,19 @@ Every model goes through ``njet_convert.export_onnx`` (TorchScript exporter, ops
 against PyTorch) and runs in onnxruntime on the CPU; the variants are timed round-robin in one run (so machine
 load hits them alike) and the table gives the median latency at batch 1 and 32 and the ratio to the original.
 
-Variants: the original; N-Jet order 3 from ``njet_convert.convert`` when it exists, else a hand conversion
-(every 3×3 conv → an NJetConv2d with plain least-squares α + a linked SafeSubsample) at σ = 0.5 (3×3 filters)
-and σ = 0.6 (5×5 filters); and the 5×5 model with every layer forced into the separable basis-first form.
+Variants: the original, and N-Jet order 3 made the way the demo makes it (``njet_convert.demo``): the real
+conversion path ``njet_convert.convert`` with its default safe subsampling (every strided conv → stride 1 + a
+SafeSubsample linked to its σ), kernels fitted on real calibration photos; frozen with ``form="auto"`` (each
+layer dense or separable, whichever is cheaper) and, for comparison, with every layer ``form="dense"``.
+``--keep`` adds the strides-kept conversion (``subsample="keep"``, as in the demo's step 3).
 
-    .venv/bin/python benchmarks/export_speed.py [--repeats 15] [--size 224] [--threads 2]
+    .venv/bin/python benchmarks/export_speed.py [--repeats 15] [--size 224] [--threads 2] [--calibration 64]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.resources
-import math
 import statistics
 import tempfile
 import time
@@ -26,9 +27,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-import njet_convert  # noqa: F401  (torchvision import guard)
+import njet_convert
 from njet_convert.export import export_onnx
-from njet_layers import NJetConv2d, SafeSubsample
+from njet_layers import NJetConv2d
 
 __all__ = ["main"]
 
@@ -42,36 +43,18 @@ def original() -> nn.Module:
     return model.eval()
 
 
-@torch.no_grad()
-def fit_alpha(layer: NJetConv2d, weight: torch.Tensor) -> None:
-    """Plain least-squares α for a 3×3 kernel, zero-padded to the layer's s×s support (no data, no training)."""
-    basis = layer.basis().flatten(1)  # [M, s*s]
-    pad = (layer.kernel_size - weight.shape[-1]) // 2
-    target = torch.nn.functional.pad(weight, [pad] * 4).flatten(2)  # [O, I, s*s]
-    layer.alpha.copy_(torch.linalg.lstsq(basis.T, target.reshape(-1, basis.shape[1]).T).solution.T.view_as(layer.alpha))
+def converted(subsample: str, calibration: int, calib_size: int) -> tuple[nn.Module, str]:
+    """MobileNetV2 → N-Jet order 3 through :func:`njet_convert.convert`, fitted on ``calibration`` real photos."""
+    from njet_convert.data.photos import calibration_photos
 
-
-def hand_convert(model: nn.Module, sigma: float) -> nn.Module:
-    """Every 3×3 conv → an order-3 NJetConv2d fitted to it at stride 1 (+ a linked SafeSubsample if strided)."""
-    for mod in list(model.modules()):
-        for name, child in list(mod.named_children()):
-            if type(child) is nn.Conv2d and child.kernel_size[0] > 1:
-                nj = NJetConv2d(child.in_channels, child.out_channels, order=3, sigma=sigma, groups=child.groups,
-                                bias=child.bias is not None)
-                fit_alpha(nj, child.weight)
-                stride = child.stride[0]
-                setattr(mod, name, nj if stride == 1 else nn.Sequential(nj, SafeSubsample(sigma / math.log2(stride),
-                                                                                          source=nj)))
-    return model.eval()
-
-
-def converted(sigma: float) -> tuple[nn.Module, str]:
-    try:
-        from njet_convert.converter import convert
-    except ImportError:
-        return hand_convert(original(), sigma), f"hand-converted, σ={sigma}"
-    model = convert(original(), order=3)[0].eval()
-    return model, "njet_convert.convert(order=3)"
+    calib = calibration_photos(calibration, calib_size) if calibration else None
+    t0 = time.perf_counter()
+    model, report = njet_convert.convert(original(), order=3, subsample=subsample, calibration=calib,
+                                         source="torchvision:mobilenet_v2", progress=False)
+    sizes = sorted({m.kernel_size for m in model.modules() if isinstance(m, NJetConv2d)})
+    print(f"converted (subsample={subsample!r}, {calibration} calibration photos at {calib_size} px): "
+          f"{len(report.layers)} convs, kernel sizes {sizes}, {time.perf_counter() - t0:.0f} s", flush=True)
+    return model.eval(), f"N-Jet, {subsample} subsampling"
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
@@ -85,23 +68,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calibration", type=int, default=64, help="calibration photos for the fit (0: plain fit)")
+    parser.add_argument("--calib-size", type=int, default=160, help="calibration photo size (the demo's 160)")
+    parser.add_argument("--keep", action="store_true", help="also the strides-kept conversion")
     args = parser.parse_args()
     torch.manual_seed(0)
     example = torch.randn(1, 3, args.size, args.size)
     variants: list[tuple[str, nn.Module, str]] = [("original MobileNetV2", original(), "auto")]
-    njet3, how3 = converted(0.5)
-    variants.append((f"N-Jet ({how3}), s=3", njet3, "auto"))
-    if "hand" in how3:
-        njet5, how5 = converted(0.6)
-        variants += [(f"N-Jet ({how5}), s=5", njet5, "auto"), (f"N-Jet ({how5}), s=5 separable", njet5, "separable")]
+    modes = ("safe", "keep") if args.keep else ("safe",)
+    for mode in modes:
+        model, label = converted(mode, args.calibration, args.calib_size)
+        variants += [(f"{label}, auto form", model, "auto"), (f"{label}, all dense", model, "dense")]
     sessions = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, model, form) in enumerate(variants):
             t0 = time.perf_counter()
             result = export_onnx(model, Path(tmp) / f"m{i}.onnx", example, form=form)
-            forms = sorted({lay.form for lay in result.freeze_report.layers}) or ["-"]
-            print(f"exported {label}: {time.perf_counter() - t0:.1f} s, layer forms {forms}, "
-                  f"max rel. error vs PyTorch {max(result.checks.values()):.2g}")
+            layers = result.freeze_report.layers
+            forms = {f: sum(lay.form == f for lay in layers) for f in sorted({lay.form for lay in layers})}
+            print(f"exported {label}: {time.perf_counter() - t0:.1f} s, layer forms {forms or '-'}, "
+                  f"max rel. error vs PyTorch {max(result.checks.values()):.2g}", flush=True)
             sessions.append(session(result.path, args.threads))
         table = {}
         for batch in (1, 32):

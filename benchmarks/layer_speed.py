@@ -1,4 +1,4 @@
-"""Forward+backward speed of NJetConv2d (dense, basis-first, auto) against nn.Conv2d 3×3, side by side.
+"""Forward+backward speed of NJetConv2d (dense, basis-first, FFT, auto) against nn.Conv2d 3×3, side by side.
 
 Every case times all variants interleaved (one step of each per round, median over rounds), so the ratios to the
 3×3 conv share the machine's load at that moment. Also times one SGD training step of N-Jet-ResNet-32 against
@@ -22,10 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from njet_layers import NJetConv2d
+from njet_layers.dispatch import FFT_MAX_BYTES, fft_cost
 
 __all__ = ["Case", "main", "resnet32", "time_interleaved"]
 
-VARIANTS = ("conv3x3", "dense", "basis_first", "auto")
+VARIANTS = ("conv3x3", "dense", "basis_first", "fft", "auto")
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,15 @@ def bench_layer(case: Case, device: torch.device, rounds: int, max_gmacs: float)
     for impl in VARIANTS[1:]:
         modules[impl] = NJetConv2d(c, c, order=3, sigma=case.sigma, impl=impl)  # type: ignore[arg-type]
     kernel = modules["dense"].kernel_size  # type: ignore[union-attr]
-    auto_choice = modules["auto"].resolve_impl((case.size, case.size))  # type: ignore[operator]
+    auto_choice = modules["auto"].resolve_impl((case.size, case.size), batch=case.batch)  # type: ignore[operator]
     skip = set()
     if _layer_macs(case, kernel) / 1e9 > max_gmacs:
         skip.add("dense")
-        if auto_choice == "dense":
-            skip.add("auto")
+    size = (case.size, case.size)
+    if fft_cost(c, c, modules["fft"].radius, size, size)[1] > 4 * FFT_MAX_BYTES:  # type: ignore[arg-type]
+        skip.add("fft")  # filter spectra too large for this machine's memory budget
+    if auto_choice in skip:
+        skip.add("auto")
     steps = {name: _fwd_bwd(m.to(device), x) for name, m in modules.items() if name not in skip}
     result: dict[str, float | None] = dict.fromkeys(VARIANTS)
     result.update(time_interleaved(steps, rounds, device))
@@ -184,14 +188,16 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
     if not args.no_layers:
-        print("\n| C→C | size | batch | σ | s | conv3x3 ms | dense/3×3 | basis-first/3×3 | auto/3×3 (choice) |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("\n| C→C | size | batch | σ | s | conv3x3 ms | dense/3×3 | basis-first/3×3 | FFT/3×3 | "
+              "auto/3×3 (choice) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for case in _cases(args):
             r = bench_layer(case, device, args.rounds, args.max_gmacs)
             base = r["conv3x3"]
             print(
                 f"| {case.channels} | {case.size} | {case.batch} | {case.sigma:g} | {r['kernel']} | {base * 1e3:.1f} | "
-                f"{_fmt(r['dense'], base)} | {_fmt(r['basis_first'], base)} | {_fmt(r['auto'], base)} "
+                f"{_fmt(r['dense'], base)} | {_fmt(r['basis_first'], base)} | {_fmt(r['fft'], base)} | "
+                f"{_fmt(r['auto'], base)} "
                 f"({r['auto_choice']}) |",
                 flush=True,
             )

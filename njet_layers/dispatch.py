@@ -7,24 +7,42 @@ The choice comes from a cost model (deterministic: the same shapes always take t
   Toeplitz stages (``K`` = columns per Toeplitz block, ``min(size, 32 + 2R)``), where ``KAPPA`` is the measured
   efficiency gap: on the 2-core AVX-512 CPU of this project basis-first ran ~4.5× a 3×3 conv's time at
   64→64 channels, 32×32, batch 32, forward+backward, for ~1.9× its multiply-adds, while dense 9×9 ran at ~3.3×;
-  ``KAPPA = 5`` puts the crossover between 9×9 and 11×11 there, as measured. Override per layer with
-  ``impl="dense"|"basis_first"``.
+  ``KAPPA = 5`` puts the crossover between 9×9 and 11×11 there, as measured;
+* FFT: ``KAPPA_FFT · 4 · C_in/g · C_out · P_h · (P_w/2 + 1) / (H' · W')`` — one complex multiply-add (4 real) per
+  frequency bin of the padded transform (``P ≥ size + 2R``) and channel pair, per output pixel; ``KAPPA_FFT = 19``
+  (transforms, layout copies and complex products measured on the same CPU: FFT beat dense 9×9 and basis-first
+  at σ = 2, lost to dense 5×5 at σ = 1 and to basis-first at σ = 4, 64→64 channels, 32×32, batch 32), plus, when
+  the batch size ``N`` is known, the filters' own transforms (forward, and the inverse of their gradient), which do
+  not shrink with the batch: ``KAPPA_FFT_T · 2 · C_in/g · C_out · P_h · P_w · log2(P_h · P_w) / (N · H' · W')``
+  (``KAPPA_FFT_T = 8``: at batch 8 FFT lost to dense 9×9 and to basis-first, at batch 32 it won). FFT is only
+  considered while the filters' spectra (``C_out · C_in/g · P_h · (P_w/2 + 1)`` complex numbers, kept for the
+  backward pass) stay under ``FFT_MAX_BYTES``.
+
+Override per layer with ``impl="dense"|"basis_first"|"fft"``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from .basis import basis_size
+from .fft_conv import fft_size
 
-__all__ = ["IMPLS", "KAPPA", "Impl", "KernelCache", "basis_first_cost", "choose_impl", "dense_cost", "uses_grad"]
+__all__ = [
+    "FFT_MAX_BYTES", "IMPLS", "KAPPA", "KAPPA_FFT", "KAPPA_FFT_T", "Impl", "KernelCache", "basis_first_cost",
+    "choose_impl", "dense_cost", "fft_cost", "uses_grad",
+]
 
-Impl = Literal["auto", "dense", "basis_first"]
-IMPLS: tuple[str, ...] = ("auto", "dense", "basis_first")
+Impl = Literal["auto", "dense", "basis_first", "fft"]
+IMPLS: tuple[str, ...] = ("auto", "dense", "basis_first", "fft")
 KAPPA: float = 5.0  # basis-first efficiency gap to a dense conv, measured on the project's CPU (module docstring)
+KAPPA_FFT: float = 19.0  # FFT path's efficiency gap per complex multiply-add (module docstring)
+KAPPA_FFT_T: float = 8.0  # weight of the per-call filter transforms (module docstring)
+FFT_MAX_BYTES: int = 256 * 2**20  # largest filter spectrum the auto choice accepts for the FFT path
 _TILE = 32
 
 
@@ -46,14 +64,37 @@ def basis_first_cost(
     return KAPPA * (num * in_per_group * out_channels + separable)
 
 
+def fft_cost(
+    in_per_group: int, out_channels: int, radius: int, size: tuple[int, int], out_size: tuple[int, int],
+    batch: int | None = None,
+) -> tuple[float, int]:
+    """Efficiency-weighted multiply-adds per output pixel of the FFT path, and the bytes of the filter spectra.
+
+    ``batch``: when given, the filters' transforms (paid once per call) are spread over ``batch`` images.
+    """
+    p_h, p_w = (fft_size(s + 2 * radius) for s in size)
+    bins = p_h * (p_w // 2 + 1)
+    pixels = max(out_size[0] * out_size[1], 1)
+    cost = KAPPA_FFT * 4.0 * in_per_group * out_channels * bins / pixels
+    if batch:
+        cost += KAPPA_FFT_T * 2.0 * in_per_group * out_channels * p_h * p_w * math.log2(p_h * p_w) / (batch * pixels)
+    return cost, 8 * in_per_group * out_channels * bins
+
+
 def choose_impl(
     in_channels: int, out_channels: int, groups: int, order: int, radius: int, size: tuple[int, int],
-    out_size: tuple[int, int],
-) -> Literal["dense", "basis_first"]:
-    """``"basis_first"`` when the cost model says it is cheaper for this layer and input size, else ``"dense"``."""
+    out_size: tuple[int, int], batch: int | None = None,
+) -> Literal["dense", "basis_first", "fft"]:
+    """The path the cost model says is cheapest for this layer and input size (see the module docstring)."""
     cg = in_channels // groups
-    bf = basis_first_cost(in_channels, cg, out_channels, order, radius, size, out_size)
-    return "basis_first" if bf < dense_cost(cg, out_channels, radius) else "dense"
+    costs = {
+        "dense": dense_cost(cg, out_channels, radius),
+        "basis_first": basis_first_cost(in_channels, cg, out_channels, order, radius, size, out_size),
+    }
+    fft, spectrum_bytes = fft_cost(cg, out_channels, radius, size, out_size, batch)
+    if spectrum_bytes <= FFT_MAX_BYTES:
+        costs["fft"] = fft
+    return min(costs, key=costs.__getitem__)  # type: ignore[return-value]
 
 
 class KernelCache:

@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from .basis import basis_size, filter_radius, gaussian_basis
 from .basis_first import basis_first_conv2d, output_centers
 from .dispatch import IMPLS, Impl, KernelCache, choose_impl, uses_grad
+from .fft_conv import fft_conv2d
 from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds
 
 __all__ = ["NJetConv2d"]
@@ -48,8 +49,10 @@ class NJetConv2d(nn.Module):
         impl: how ``forward`` computes the convolution — ``"dense"`` (compose the ``s×s`` kernel, one ``conv2d``;
             cost grows with σ²), ``"basis_first"`` (separable Gaussian-derivative maps shared by all output
             channels, then one matrix product with α; cost flat in σ, see :mod:`njet_layers.basis_first`) or
-            ``"auto"`` (per call, the cheaper of the two for this input size from the cost model in
-            :mod:`njet_layers.dispatch`). All give the same output and gradients (to float rounding).
+            ``"fft"`` (the composed kernel applied in the frequency domain, :mod:`njet_layers.fft_conv`; cost nearly
+            flat in σ, memory ``~C_out · C_in/g`` spectra of the padded image size) or ``"auto"`` (per call, the
+            cheapest for this input size from the cost model in :mod:`njet_layers.dispatch`). All give the same
+            output and gradients (to float rounding).
 
     Memory: basis-first keeps ``M`` derivative maps per input channel (``M×`` the input, 10× at order 3) for the
     backward pass. When those maps would exceed ``checkpoint_bytes`` (default 256 MiB) in training, the layer
@@ -142,15 +145,23 @@ class NJetConv2d(nn.Module):
         small high-order terms); the convolution itself may still run in reduced precision.
         """
         with torch.autocast(self.alpha.device.type, enabled=False):
-            return torch.einsum("oim,mhw->oihw", self.alpha, self.basis().to(self.alpha.dtype))
+            basis = self.basis().to(self.alpha.dtype)
+            out, in_per_group, m = self.alpha.shape
+            # a plain matmul (not einsum) keeps α's gradient in α's own strides, as DDP's buckets expect
+            return (self.alpha.reshape(out * in_per_group, m) @ basis.reshape(m, -1)).reshape(
+                out, in_per_group, *basis.shape[-2:])
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.resolve_impl(tuple(x.shape[-2:])) == "basis_first":
+        impl = self.resolve_impl(tuple(x.shape[-2:]), batch=x.shape[0])
+        if impl == "basis_first":
             return self._forward_basis_first(x)
+        if impl == "fft":
+            return self._forward_fft(x)
         return self._convolve(x, self._dense_kernel())
 
-    def resolve_impl(self, size: tuple[int, int]) -> str:
-        """The path ``forward`` takes for inputs of spatial ``size`` (H, W): ``"dense"`` or ``"basis_first"``."""
+    def resolve_impl(self, size: tuple[int, int], batch: int | None = None) -> str:
+        """The path ``forward`` takes for inputs of spatial ``size`` (H, W) (and ``batch`` images, when known):
+        ``"dense"``, ``"basis_first"`` or ``"fft"``."""
         if self.impl != "auto":
             return self.impl
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -159,7 +170,9 @@ class NJetConv2d(nn.Module):
         out_size = tuple(
             len(output_centers(n, radius, s, c)) for n, s, c in zip(size, self.stride, self.crop, strict=True)
         )
-        return choose_impl(self.in_channels, self.out_channels, self.groups, self.order, radius, size, out_size)
+        return choose_impl(
+            self.in_channels, self.out_channels, self.groups, self.order, radius, size, out_size, batch=batch
+        )
 
     def _dense_kernel(self) -> Tensor:
         """``kernel()``, served from the eval-mode cache when no gradient is being recorded."""
@@ -185,6 +198,17 @@ class NJetConv2d(nn.Module):
         if self.training and uses_grad(self) and maps_bytes > self.checkpoint_bytes:
             return checkpoint(run, x, use_reentrant=False)
         return run(x)
+
+    def _forward_fft(self, x: Tensor) -> Tensor:
+        radius = self.radius
+        centers = tuple(
+            tuple(output_centers(n, radius, s, c)) for n, s, c in zip(x.shape[-2:], self.stride, self.crop, strict=True)
+        )
+        if x.dtype in (torch.float32, torch.float64):
+            return fft_conv2d(x, self._dense_kernel(), self.bias, centers=centers, groups=self.groups)  # type: ignore[arg-type]
+        with torch.autocast(x.device.type, enabled=False):  # reduced-precision FFTs: CUDA powers of 2 only, lossy
+            out = fft_conv2d(x.float(), self._dense_kernel().float(), self.bias, centers=centers, groups=self.groups)  # type: ignore[arg-type]
+        return out.to(x.dtype)
 
     def _convolve(self, x: Tensor, weight: Tensor) -> Tensor:
         radius = (weight.shape[-1] - 1) // 2

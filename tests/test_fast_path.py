@@ -9,10 +9,10 @@ from njet_layers import NJetConv2d
 from njet_layers.dispatch import choose_impl
 
 
-def _pair(**kwargs) -> tuple[NJetConv2d, NJetConv2d]:
+def _pair(impl: str = "basis_first", **kwargs) -> tuple[NJetConv2d, NJetConv2d]:
     dense = NJetConv2d(**kwargs, impl="dense").double()
     fast = copy.deepcopy(dense)
-    fast.impl = "basis_first"
+    fast.impl = impl
     if dense.bias is not None:
         with torch.no_grad():
             dense.bias.normal_()
@@ -26,6 +26,7 @@ def _grads(layer: NJetConv2d, x: torch.Tensor, upstream: torch.Tensor) -> tuple[
     return (out, *torch.autograd.grad(out, params, upstream))
 
 
+@pytest.mark.parametrize("impl", ["basis_first", "fft"])
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -40,8 +41,8 @@ def _grads(layer: NJetConv2d, x: torch.Tensor, upstream: torch.Tensor) -> tuple[
         dict(in_channels=2, out_channels=3, sigma=4.0, stride=(2, 1), order=2),  # tiled Toeplitz blocks
     ],
 )
-def test_basis_first_matches_dense(cfg: dict) -> None:
-    dense, fast = _pair(**cfg)
+def test_fast_paths_match_dense(cfg: dict, impl: str) -> None:
+    dense, fast = _pair(impl, **cfg)
     size = 75 if cfg["sigma"] >= 4 else 13
     x = torch.randn(2, cfg["in_channels"], size, size + 2, dtype=torch.float64, requires_grad=True)
     ref_out = dense(x)
@@ -58,18 +59,36 @@ def test_size_boundary_changes_radius() -> None:
     assert sizes == [3, 5, 5, 7]
 
 
-def test_float32_agreement() -> None:
-    dense, fast = _pair(in_channels=8, out_channels=8, sigma=2.0)
+@pytest.mark.parametrize("impl", ["basis_first", "fft"])
+def test_float32_agreement(impl: str) -> None:
+    dense, fast = _pair(impl, in_channels=8, out_channels=8, sigma=2.0)
     dense, fast = dense.float(), fast.float()
     x = torch.randn(2, 8, 20, 20)
     assert torch.allclose(dense(x), fast(x), atol=1e-4)
 
 
-def test_auto_picks_basis_first_for_large_sigma() -> None:
+def test_fft_size_and_auto_choice() -> None:
+    """FFT sizes have only the factors 2, 3, 5; auto picks FFT where the cost model says so and never for huge
+    filter spectra (256→256 channels at 112 px would need gigabytes)."""
+    from njet_layers.dispatch import FFT_MAX_BYTES, fft_cost
+    from njet_layers.fft_conv import fft_size
+
+    assert [fft_size(n) for n in (1, 7, 11, 13, 17, 49, 97)] == [1, 8, 12, 15, 18, 50, 100]
+    with pytest.raises(ValueError, match="n must be positive"):
+        fft_size(0)
+    assert choose_impl(64, 64, 1, 3, 4, (32, 32), (32, 32)) == "fft"  # 9x9 at 32 px
+    assert choose_impl(64, 64, 1, 3, 4, (32, 32), (32, 32), batch=32) == "fft"
+    assert choose_impl(64, 64, 1, 3, 4, (32, 32), (32, 32), batch=8) == "dense"  # filter transforms not amortised
+    assert NJetConv2d(64, 64, sigma=2.0).resolve_impl((32, 32), batch=8) == "dense"
+    assert fft_cost(256, 256, 8, (112, 112), (112, 112))[1] > FFT_MAX_BYTES
+    assert choose_impl(256, 256, 1, 3, 8, (112, 112), (112, 112)) != "fft"
+
+
+def test_auto_avoids_dense_for_large_sigma() -> None:
     assert choose_impl(64, 64, 1, 3, 8, (32, 32), (32, 32)) == "basis_first"
     assert choose_impl(64, 64, 1, 3, 1, (32, 32), (32, 32)) == "dense"
     layer = NJetConv2d(16, 16, sigma=4.0)
-    assert layer.resolve_impl((32, 32)) == "basis_first"
+    assert layer.resolve_impl((32, 32)) in ("basis_first", "fft")
     assert NJetConv2d(16, 16, sigma=0.5).resolve_impl((32, 32)) == "dense"
     with pytest.raises(ValueError, match="impl"):
         NJetConv2d(2, 2, impl="fast")  # type: ignore[arg-type]
