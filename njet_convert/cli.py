@@ -402,7 +402,7 @@ def _convert(run: _Run) -> str:
         calibration = _calibration(run, input_size).to(device)
     log(f"converting {spec.name} (order {args.order}, k {args.k:g}, subsample {args.subsample}"
         f"{', calibrated on ' + args.calibrate if calibration is not None else ''}) on {device} ...")
-    options = {"progress": not args.quiet, "fit": not args.dry_run}
+    options = {"progress": not args.quiet, "fit": not args.dry_run, "input_size": tuple(input_size)}
     if spec.recipe is not None and (spec.recipe.convert.include or spec.recipe.convert.exclude):
         options.update(include=spec.recipe.convert.include, exclude=spec.recipe.convert.exclude)
     njet_model, report = _api(lambda: njet_convert.convert(model, order=args.order, k=args.k, subsample=args.subsample,

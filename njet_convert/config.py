@@ -41,6 +41,9 @@ class ConvertConfig:
         calibration_options: extra options for the data-aware fit (``njet_convert.fitting.CalibrationOptions``).
         progress: print calibration progress.
         fit: fit the kernels (``False``: structure only, as :func:`njet_convert.load` does before loading weights).
+        input_size: ``(C, H, W)`` of a typical input. Needed only by nets that flatten a feature map into a Linear
+            layer (see :mod:`njet_convert.surgery.heads`); default: the calibration's, else timm's
+            ``pretrained_cfg["input_size"]``.
     """
 
     order: int = 3
@@ -55,6 +58,7 @@ class ConvertConfig:
     calibration_options: Any = None
     progress: bool = False
     fit: bool = True
+    input_size: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 0:
@@ -74,6 +78,11 @@ class ConvertConfig:
             if not grid or any(not isinstance(s, int | float) or not s > 0 or not math.isfinite(s) for s in grid):
                 raise ValueError(f"sigma_grid must be a non-empty list of positive numbers, got {self.sigma_grid!r}")
             self.sigma_grid = [float(s) for s in grid]
+        if self.input_size is not None:
+            size = tuple(self.input_size)
+            if len(size) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
+                raise ValueError(f"input_size must be three positive integers (C, H, W), got {self.input_size!r}")
+            self.input_size = size
         self.include = _rules(self.include, "include")
         self.exclude = _rules(self.exclude, "exclude")
 

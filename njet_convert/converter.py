@@ -42,6 +42,7 @@ from .surgery import (
     finalize_subsampling,
     fixed_tokens,
     in_graph_modules,
+    pin_flattened_maps,
     restore_unused,
     trace,
 )
@@ -87,7 +88,7 @@ def convert(
     start = time.perf_counter()
     report = ConversionReport(options=cfg.to_dict())
     report.params_before = _count(model)
-    out, state = rewrite(model, cfg, report)
+    out, state = rewrite(model, cfg, report, example=_example_input(model, cfg, calibration))
     if data is not None:
         _calibrate(out, model, state, data, cfg)
     finalize_subsampling(out, state.strides)
@@ -182,8 +183,12 @@ class CheckedCalibration:
 
 
 def rewrite(model: nn.Module, cfg: ConvertConfig, report: ConversionReport,
-            sigma_for: Mapping[str, float] | None = None, check_rules: bool = True) -> tuple[nn.Module, SurgeryState]:
-    """The surgery on a deep copy of ``model`` (fits the kernels unless ``cfg.fit`` is False)."""
+            sigma_for: Mapping[str, float] | None = None, check_rules: bool = True, *,
+            example: Tensor | None = None, pinned: Mapping[str, Any] | None = None) -> tuple[nn.Module, SurgeryState]:
+    """The surgery on a deep copy of ``model`` (fits the kernels unless ``cfg.fit`` is False).
+
+    ``example`` (batch 1) measures the maps that flatten heads need pinned; ``pinned`` gives them (``load``).
+    """
     work = copy.deepcopy(model)
     gm, reason = trace(work)
     if gm is None:
@@ -207,7 +212,22 @@ def rewrite(model: nn.Module, cfg: ConvertConfig, report: ConversionReport,
                 setattr(gm, attr, getattr(work, attr))
         gm.training = work.training  # the root's flag only: submodules keep their own modes
     finalize_subsampling(target, state.strides)
+    state.pinned = pin_flattened_maps(state, example, pinned)
+    report.pinned = {n: list(size) for n, size in state.pinned.items()}
     return target, state
+
+
+def _example_input(model: nn.Module, cfg: ConvertConfig, calibration: Any) -> Tensor | None:
+    """One input for measuring feature-map sizes: the calibration's first image, else zeros of the input size."""
+    param = next(model.parameters(), None)
+    dtype, device = (param.dtype, param.device) if param is not None else (torch.float32, torch.device("cpu"))
+    if torch.is_tensor(calibration):
+        return calibration[:1].to(device=device, dtype=dtype)
+    size = cfg.input_size
+    pretrained = getattr(model, "pretrained_cfg", None)
+    if size is None and isinstance(pretrained, Mapping) and pretrained.get("input_size"):
+        size = tuple(int(v) for v in pretrained["input_size"])
+    return torch.zeros(1, *size, dtype=dtype, device=device) if size else None
 
 
 def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, cfg: ConvertConfig) -> None:
@@ -343,5 +363,6 @@ def _record(out: nn.Module, state: SurgeryState, source: dict[str, Any]) -> dict
         "layers": layers,
         "subsampling": subs,
         "match_sizes": [n for n, m in modules.items() if isinstance(m, MatchSize)],
+        "pinned": {n: list(size) for n, size in state.pinned.items()},
         "sigma_finite": all(math.isfinite(v["sigma"]) for v in layers.values()),
     }

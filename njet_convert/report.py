@@ -65,6 +65,7 @@ class ConversionReport:
     layers: list[LayerRecord] = field(default_factory=list)
     subsampling: list[SubsampleRecord] = field(default_factory=list)
     match_sizes: list[str] = field(default_factory=list)
+    pinned: dict[str, list[int]] = field(default_factory=dict)  # flatten node -> [H, W] its input is pinned to
     skipped: list[SkipRecord] = field(default_factory=list)
     untraced: list[str] = field(default_factory=list)
     params_before: int = 0
@@ -111,6 +112,9 @@ class ConversionReport:
                              f" | {s.group} | {s.source or 'own'} | {s.rounding}{'' if s.exact else ' (inexact)'} |")
         if self.match_sizes:
             lines += ["", "MatchSize at joins: " + ", ".join(self.match_sizes)]
+        if self.pinned:
+            pins = ", ".join(f"{n} ({h}x{w})" for n, (h, w) in self.pinned.items())
+            lines += ["", f"Flattened maps pinned to their conversion size (AdaptiveAvgPool2d): {pins}"]
         if self.untraced:
             lines += ["", "Not in the fx graph (swapped by module name): " + ", ".join(self.untraced)]
         if self.skipped:

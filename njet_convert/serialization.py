@@ -102,7 +102,8 @@ def load(directory: str | os.PathLike) -> nn.Module:
     pairs = record.get("pairs", {})
     sigma_for = {pairs.get(n, n): v["sigma"] for n, v in record["layers"].items()}
     model.train(bool(record.get("training", False)))
-    out, _ = rewrite(model, cfg, ConversionReport(options=cfg.to_dict()), sigma_for, check_rules=False)
+    out, _ = rewrite(model, cfg, ConversionReport(options=cfg.to_dict()), sigma_for, check_rules=False,
+                     pinned=record.get("pinned", {}))
     _restore_subsampling(out, record)
     try:
         out.load_state_dict(state, strict=True)

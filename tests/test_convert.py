@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -388,3 +389,35 @@ def test_save_is_atomic_and_load_rejects_broken_dirs(tmp_path, monkeypatch) -> N
         damage(d)
         with pytest.raises(ValueError, match=re.escape(match)):
             load(d)
+
+
+class _FlattenHead(nn.Module):
+    """LeNet-style: the last feature map is flattened into a Linear layer (its size must not follow σ)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.p1 = nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2)
+        self.c2, self.p2 = nn.Conv2d(4, 8, 3, padding=1), nn.MaxPool2d(2)
+        self.fc = nn.Linear(8 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = self.p2(torch.relu(self.c2(self.p1(torch.relu(self.c1(x))))))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_flatten_head_is_pinned_and_survives_sigma_changes(tmp_path):
+    model, x = _FlattenHead().eval(), torch.randn(2, 1, 28, 28)
+    pinned, report = njet_convert.convert(model, input_size=(1, 28, 28))
+    plain, plain_report = njet_convert.convert(model)
+    assert report.pinned == {"view": [7, 7]} and not plain_report.pinned
+    assert any("input_size" in s.reason for s in plain_report.skipped)  # said, not silently left fragile
+    torch.testing.assert_close(pinned(x), plain(x))  # the pin is the identity at conversion
+    for layer in pinned.modules():
+        if isinstance(layer, NJetConv2d):
+            with torch.no_grad():
+                layer.log_sigma.add_(math.log(1.5))
+    assert pinned(x).shape == (2, 10)
+    njet_convert.save(pinned, tmp_path / "m")
+    torch.testing.assert_close(njet_convert.load(tmp_path / "m")(x), pinned(x))
+    with pytest.raises(ValueError, match="input_size"):
+        njet_convert.convert(model, input_size=(1, 28))

@@ -1,6 +1,7 @@
 """Model surgery for :func:`njet_convert.convert`: fx tracing, conv/pool swapping, safe-subsampling placement."""
 
 from .convs import ConvPlan, plan_conv
+from .heads import flatten_sites, pin_flattened_maps
 from .joins import analyse_joins, fixed_tokens
 from .modules import PadSame
 from .selection import Selector
@@ -11,5 +12,5 @@ from .transforms import FunctionalPools, PlaceSubsampling, SwapConvs, SwapPools,
 __all__ = [
     "ConvPlan", "ConvertTracer", "FunctionalPools", "PadSame", "PlaceSubsampling", "Point", "Selector",
     "SurgeryState", "SwapConvs", "SwapPools", "Transform", "analyse_joins", "finalize_subsampling", "fixed_tokens",
-    "in_graph_modules", "plan_conv", "restore_unused", "trace",
+    "flatten_sites", "in_graph_modules", "pin_flattened_maps", "plan_conv", "restore_unused", "trace",
 ]

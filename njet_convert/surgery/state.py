@@ -58,6 +58,7 @@ class SurgeryState:
     strides: dict[str, int] = field(default_factory=dict)  # SafeSubsample name -> original stride
     in_graph: set[str] = field(default_factory=set)
     originals: dict[str, nn.Module] = field(default_factory=dict)  # name -> original module (for calibration)
+    pinned: dict[str, tuple[int, int]] = field(default_factory=dict)  # flatten node -> pinned input size
 
     def new_point(self, **kwargs) -> Point:
         point = Point(id=len(self.points), **kwargs)
