@@ -1,13 +1,12 @@
 """Frozen-σ export (issue 6): freeze → plain PyTorch, export_onnx → checked, verified ONNX; bad input is refused.
 
-Converted architectures: ``njet_convert.convert`` when it exists, else a hand conversion (every k×k conv → an
-NJetConv2d at stride 1, a linked SafeSubsample for strided ones) — the structure ``convert`` produces.
+Converted architectures come from ``njet_convert.convert`` (safe subsampling); the U-Net is the zoo's N-Jet U-Net
+with its upsampling joins.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import onnx
@@ -17,6 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
+from njet_convert.converter import convert
 from njet_convert.export import OnnxExportError, VerificationError, export_onnx, freeze
 from njet_convert.export.adaptive_pool import MatrixAdaptiveAvgPool2d
 from njet_convert.export.freeze import max_relative_error, njet_modules
@@ -24,23 +24,7 @@ from njet_convert.models.unet import UNet
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample
 
 
-def _hand_convert(model: nn.Module, sigma: float = 0.6) -> nn.Module:
-    for mod in list(model.modules()):
-        for name, child in list(mod.named_children()):
-            if type(child) is nn.Conv2d and child.kernel_size[0] > 1:
-                nj = NJetConv2d(child.in_channels, child.out_channels, order=3, sigma=sigma, groups=child.groups,
-                                bias=child.bias is not None)
-                stride = child.stride[0]
-                new = nj if stride == 1 else nn.Sequential(nj, SafeSubsample(sigma / math.log2(stride), source=nj))
-                setattr(mod, name, new)
-    return model
-
-
 def _convert(model: nn.Module) -> nn.Module:
-    try:
-        from njet_convert.converter import convert
-    except ImportError:
-        return _hand_convert(model)
     return convert(model, order=3)[0]
 
 
@@ -129,15 +113,12 @@ def test_fx_graph_module_from_a_conversion(tmp_path) -> None:
     """``convert`` returns fx GraphModules with the N-Jet modules as leaves: freeze and fold BN there too."""
     from torch import fx
 
-    class _Leaves(fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return isinstance(m, (NJetConv2d, SafeSubsample)) or super().is_leaf_module(m, qualname)
-
-    model = _randomise_bn(_hand_convert(_resnet())).eval()
-    graph_module = fx.GraphModule(model, _Leaves().trace(model), "ResNet")
+    graph_module = _randomise_bn(_convert(_resnet())).eval()
+    assert isinstance(graph_module, fx.GraphModule)
     x = _input("resnet", 2, 24, 24)
     result = export_onnx(graph_module, tmp_path / "g.onnx", x)
-    assert max(result.checks.values()) <= 1e-4 and result.metadata["njet.source_architecture"] == "ResNet"
+    assert max(result.checks.values()) <= 1e-4
+    assert result.metadata["njet.source_architecture"] == graph_module.source_architecture != ""
     frozen = freeze(graph_module, x)
     assert isinstance(frozen, fx.GraphModule) and njet_modules(frozen) == []
     assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
