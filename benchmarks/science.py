@@ -57,6 +57,10 @@ def do_sigma(args: argparse.Namespace) -> list[dict]:
         cfg = replace(cfg, seeds=tuple(args.seeds))
     if args.sigma_lr is not None:
         cfg = replace(cfg, train=replace(cfg.train, sigma_lr=args.sigma_lr))
+    if args.factors:
+        cfg = replace(cfg, factors=tuple(args.factors))
+    if args.max_pool:
+        cfg = replace(cfg, safe_subsample=False)
     rows = sigma_scale.run(cfg)
     summ = sigma_scale.summarize(rows)
     table = [[f"{f:g}×", f"{e['s1']:.3f} ± {e['s1_std']:.3f}", f"{e['s2']:.3f} ± {e['s2_std']:.3f}",
@@ -88,6 +92,12 @@ def do_robust(args: argparse.Namespace) -> list[dict]:
                       epochs_large=20)
     if args.seeds:
         cfg = replace(cfg, seeds=tuple(args.seeds))
+    if args.variants:
+        cfg = replace(cfg, variants=tuple(args.variants))
+    if args.factors:
+        cfg = replace(cfg, factors=tuple(args.factors))
+    if args.sigma_lr is not None:
+        cfg = replace(cfg, train=replace(cfg.train, sigma_lr=args.sigma_lr))
     rows = scale_robustness.run(cfg)
     summ = scale_robustness.summarize(rows)
     table = []
@@ -116,6 +126,12 @@ def do_seg(args: argparse.Namespace) -> list[dict]:
         cfg = replace(cfg, seeds=tuple(args.seeds))
     if args.settings:
         cfg = replace(cfg, settings=tuple(args.settings))
+    if args.n_train:
+        cfg = replace(cfg, n_train=args.n_train)
+    if args.n_val:
+        cfg = replace(cfg, n_val=args.n_val)
+    if args.epochs:
+        cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
     rows = segmentation.run(cfg)
     summ = segmentation.summarize(rows)
     table = []
@@ -157,7 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, choices=[2, 4], help="robust: one depth only")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
     parser.add_argument("--settings", nargs="+", choices=list(segmentation.SegmentationConfig().settings))
-    parser.add_argument("--sigma-lr", type=float, help="sigma: learning rate of log σ (default: the α lr)")
+    parser.add_argument("--sigma-lr", type=float, help="sigma/robust: learning rate of log σ (default: the α lr)")
+    parser.add_argument("--variants", nargs="+", choices=list(scale_robustness.VARIANTS), help="robust: these nets")
+    parser.add_argument("--factors", type=float, nargs="+", help="sigma/robust: resize factors")
+    parser.add_argument("--max-pool", action="store_true", help="sigma: 2×2 max pooling instead of safe subsampling")
+    parser.add_argument("--n-train", type=int, help="seg: training images per setting (default 100)")
+    parser.add_argument("--n-val", type=int, help="seg: validation images per setting (default 50)")
+    parser.add_argument("--epochs", type=int, help="seg: training epochs (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: shared machine)")
     parser.add_argument("--json", help="also write the raw result rows to this file")
     args = parser.parse_args(argv)

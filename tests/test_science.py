@@ -18,7 +18,7 @@ from njet_convert.data.multiscale_segmentation import (
     make_segmentation_sample,
 )
 from njet_convert.data.opencv_digits import DEFAULT_DIGITS_PATH, load_opencv_digits
-from njet_convert.experiments._train import TrainConfig, shuffled_batches, train_epochs
+from njet_convert.experiments._train import TrainConfig, make_optimizer, shuffled_batches, train_epochs
 from njet_convert.experiments.segmentation import class_weights, mean_iou
 from njet_convert.models.aspp import ASPPHead, NJetASPPHead, aspp_parameter_count
 from njet_convert.models.mnist_toy import ToyConfig, ToyNet, toy_sigmas
@@ -204,3 +204,15 @@ def test_training_loop_learns_and_moves_sigma() -> None:
                  on_epoch=lambda e, loss: losses.append(loss))
     assert losses[-1] < losses[0]
     assert any(abs(a - b) > 1e-3 for a, b in zip(start, toy_sigmas(model), strict=True))
+
+
+def test_optimizer_gives_sigma_its_own_lr_and_no_decay() -> None:
+    model = ToyNet(ToyConfig(depth=2, width=4, conv="njet"))
+    opt = make_optimizer(model, TrainConfig(lr=1e-2, sigma_lr=5e-2, weight_decay=1e-3))
+    sigma_ids = {id(m.log_sigma) for m in model.modules() if isinstance(m, NJetConv2d)}
+    (group,) = [g for g in opt.param_groups if {id(p) for p in g["params"]} == sigma_ids]
+    assert group["lr"] == 5e-2 and group["weight_decay"] == 0.0
+    alpha_group = [g for g in opt.param_groups if any(p is model.features[0].alpha for p in g["params"])]
+    assert alpha_group[0]["lr"] == 1e-2 and alpha_group[0]["weight_decay"] == 1e-3
+    with pytest.raises(ValueError, match="optimizer"):
+        make_optimizer(model, TrainConfig(optimizer="rmsprop"))

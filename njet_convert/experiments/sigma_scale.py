@@ -30,6 +30,7 @@ class SigmaScaleConfig:
     n_test: int = 1000
     depth: int = 2
     width: int = 8
+    safe_subsample: bool = True  # False: fixed 2×2 max pooling, so σ of layer 1 no longer sets the map size
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, batch_size=32, lr=1e-2))
 
 
@@ -41,7 +42,7 @@ def run(cfg: SigmaScaleConfig, log: bool = True) -> list[dict[str, object]]:
         xs_tr, xs_te = resize_images(x_tr, factor), resize_images(x_te, factor)
         for seed in cfg.seeds:
             seed_everything(seed)
-            model = ToyNet(ToyConfig(depth=cfg.depth, width=cfg.width, conv="njet"))
+            model = ToyNet(ToyConfig(depth=cfg.depth, width=cfg.width, conv="njet", safe_subsample=cfg.safe_subsample))
             train_cfg = TrainConfig(**{**cfg.train.__dict__, "seed": seed})
             stats = train_epochs(model, shuffled_batches(xs_tr, y_tr, train_cfg.batch_size, seed), train_cfg)
             row = {"factor": factor, "seed": seed, "size": xs_tr.shape[-1], "sigmas": toy_sigmas(model),
