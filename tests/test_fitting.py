@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from njet_convert.fitting import KernelFit, embed_kernel, fit_kernels
+from njet_convert.fitting import CalibrationOptions, KernelFit, embed_kernel, fit_kernels
 from njet_convert.fitting.covariance import MomentStats, solve_moments
 from njet_layers import NJetConv2d, filter_radius, gaussian_basis
 
@@ -173,3 +173,49 @@ def test_calibrate_rejects_bad_input():
         calibrate(converted, model, pairs, torch.zeros(4, 24, 24), order=3, k=2.0, progress=False)
     with pytest.raises(ValueError, match="pairs"):
         calibrate(converted, model, {"6": "6"}, _smooth_images(4, 0), order=3, k=2.0, progress=False)
+
+
+def test_ridge_with_a_prior_shrinks_towards_the_prior_not_zero():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 6, 40, generator=g, dtype=torch.float64)
+    y = torch.randn(1, 3, 40, generator=g, dtype=torch.float64)
+    stats = MomentStats()
+    stats.update(z, y)
+    prior = torch.randn(1, 6, 3, generator=g, dtype=torch.float64)
+    free, _, _, _ = solve_moments(stats, centred=False, ridge=0.0)
+    strong, _, _, _ = solve_moments(stats, centred=False, ridge=1e6, prior=prior)
+    weak, _, _, _ = solve_moments(stats, centred=False, ridge=1e-9, prior=prior)
+    torch.testing.assert_close(strong, prior, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(weak, free, rtol=1e-5, atol=1e-6)
+    zero, _, _, _ = solve_moments(stats, centred=False, ridge=1e6)
+    assert float(zero.abs().max()) < 1e-3
+
+
+def test_candidate_sigmas_cover_both_filter_sizes():
+    from njet_convert.fitting.calibration import _candidate_sigmas
+
+    layer = NJetConv2d(4, 4, order=3, sigma=0.42)
+    sigmas = _candidate_sigmas(layer, torch.nn.Conv2d(4, 4, 3), 2.0, per_size=6)
+    radii = [filter_radius(s, 2.0) for s in sigmas]
+    assert 0.42 in sigmas and radii.count(1) >= 6 and radii.count(2) == 6 and set(radii) == {1, 2}
+
+
+def test_calibration_keeps_safe_subsampling_factors_when_sigma_moves():
+    import njet_convert
+    from njet_convert.fitting import calibrate
+    from njet_layers import SafeSubsample
+
+    model = _tiny_cnn()
+    converted, _ = njet_convert.convert(model, order=3, subsample="safe")
+    pairs = {n: n for n, m in converted.named_modules() if isinstance(m, NJetConv2d)}
+    subsamplers = [m for m in converted.modules() if isinstance(m, SafeSubsample)]
+    assert subsamplers and all(m.factor == 2 for m in subsamplers)
+    before = [float(m.sigma.detach()) for m in subsamplers]
+    calibrate(converted, model, pairs, _smooth_images(32, 0), order=3, k=2.0, progress=False,
+              options=CalibrationOptions(sigmas_per_size=6))
+    after = [float(m.sigma.detach()) for m in subsamplers]
+    assert any(abs(a - b) > 1e-3 for a, b in zip(after, before, strict=True))  # the strided layer's σ moved
+    assert all(abs(m.factor - 2) < 1e-6 for m in subsamplers)  # yet every feature map keeps its size
+    x = _smooth_images(4, 3)
+    with torch.no_grad():
+        assert converted(x).shape == model(x).shape

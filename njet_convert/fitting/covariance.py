@@ -39,12 +39,15 @@ class MomentStats:
         self.count += z.shape[-1]
 
 
-def solve_moments(stats: MomentStats, *, centred: bool, ridge: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def solve_moments(stats: MomentStats, *, centred: bool, ridge: float,
+                  prior: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Least-squares ``alpha [g, F, Og]``, offset ``delta [g, Og]``, residual ``[g, Og]`` and ``Σ y² [g, Og]``.
 
     ``centred``: fit an offset too (``y ≈ alphaᵀ z + delta``), for layers whose bias (or following batch norm) can
     absorb it; otherwise ``y ≈ alphaᵀ z``. ``ridge`` is relative to the mean diagonal of the moment matrix. The
-    pseudo-inverse handles rank-deficient bases (order 4 on a 3×3 support).
+    pseudo-inverse handles rank-deficient bases (order 4 on a 3×3 support). ``prior [g, F, Og]``: shrink towards
+    these weights instead of towards zero (``(Czz + λI) alpha = Czy + λ prior``), so that a layer refitted on few
+    samples stays close to the weights it had (its pretrained ones).
     """
     n = stats.count
     zz, zy, yy = stats.zz, stats.zy, stats.yy
@@ -56,7 +59,8 @@ def solve_moments(stats: MomentStats, *, centred: bool, ridge: float) -> tuple[T
     scale = torch.diagonal(zz, dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
     eye = torch.eye(zz.shape[-1], dtype=zz.dtype, device=zz.device)
     regular = zz + ridge * scale[:, None, None] * eye
-    alpha = torch.linalg.pinv(regular, hermitian=True, rtol=1e-12) @ zy
+    rhs = zy if prior is None else zy + ridge * scale[:, None, None] * prior.to(zy.dtype)
+    alpha = torch.linalg.pinv(regular, hermitian=True, rtol=1e-12) @ rhs
     # residual Σ (y - alphaᵀ z)² = Σy² - 2 alphaᵀ Czy + alphaᵀ Czz alpha, per output channel
     residual = yy - 2 * (alpha * zy).sum(1) + (alpha * (zz @ alpha)).sum(1)
     delta = (stats.y / n - (alpha * (stats.z / n)[:, :, None]).sum(1)) if centred else torch.zeros_like(yy)
