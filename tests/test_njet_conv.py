@@ -40,7 +40,7 @@ def test_kernel_size_changes_exactly_when_ceil_k_sigma_changes() -> None:
     for sigma in torch.linspace(0.3, 4.0, 75, dtype=torch.float64):
         with torch.no_grad():
             layer.log_sigma.fill_(math.log(float(sigma)))
-        expected = 2 * math.ceil(2.0 * float(layer.sigma) - 1e-9) + 1
+        expected = 2 * math.ceil(2.0 * float(layer.sigma.detach()) - 1e-9) + 1
         assert layer.kernel_size == expected == layer.kernel().shape[-1]
     for below, above in [(0.499, 0.501), (0.999, 1.001), (1.499, 1.501)]:
         sizes = []
@@ -60,7 +60,7 @@ def test_sigma_bounds_hold_under_large_gradient_steps(direction: float) -> None:
         opt.zero_grad()
         (direction * (layer(x).pow(2).mean() + layer.sigma)).backward()
         opt.step()
-        assert 0.5 <= float(layer.sigma) <= 3.0
+        assert 0.5 <= float(layer.sigma.detach()) <= 3.0
         assert layer.kernel_size <= 2 * math.ceil(2 * 3.0) + 1
         assert layer(x).isfinite().all()
 
@@ -69,7 +69,7 @@ def test_sigma_can_leave_a_bound_it_was_pushed_onto() -> None:
     layer = _layer(sigma_bounds=(0.5, 3.0))
     with torch.no_grad():
         layer.log_sigma.fill_(math.log(50.0))  # far beyond the upper bound
-    assert float(layer.sigma) == pytest.approx(3.0)
+    assert float(layer.sigma.detach()) == pytest.approx(3.0)
     (layer.sigma * 1.0).backward()  # descending this loss lowers σ: the gradient must pass
     assert layer.log_sigma.grad is not None and float(layer.log_sigma.grad) > 0
     layer.log_sigma.grad = None
@@ -140,7 +140,7 @@ def test_initialisation_keeps_activation_variance_through_relu() -> None:
 
 def test_dilation_init_sets_sigma_from_the_dilation_footprint() -> None:
     layer = NJetConv2d(2, 2, dilation_init=6, k=2.0)
-    assert float(layer.sigma) == pytest.approx(3.0)
+    assert float(layer.sigma.detach()) == pytest.approx(3.0)
     assert layer.kernel_size == 13  # a 3x3 conv with dilation 6 spans 13 px
 
 
