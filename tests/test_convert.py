@@ -14,14 +14,7 @@ import njet_convert
 from njet_convert import ConversionReport, ConvertConfig, convert, load, save
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on the shared 2-core machines two threads mostly spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyNet(nn.Module):

@@ -219,3 +219,85 @@ def test_calibration_keeps_safe_subsampling_factors_when_sigma_moves():
     x = _smooth_images(4, 3)
     with torch.no_grad():
         assert converted(x).shape == model(x).shape
+
+
+def _conv_path_stats(layer, orig, inputs, bases, opts, seed):
+    """The former calibration path (a grouped conv2d per σ candidate), kept here as the reference."""
+    from njet_convert.fitting.calibration import _sampled_target, _target_full
+
+    gen = torch.Generator().manual_seed(seed)
+    pad = max((b.shape[-1] - 1) // 2 for b in bases.values())
+    stats = {s: MomentStats() for s in bases}
+    for x in inputs:
+        ys, offsets, sub = _sampled_target(orig, x, opts.max_positions, gen)
+        xp = F.pad(x, (pad, pad, pad, pad))
+        for s, basis in bases.items():
+            channels, m, radius = x.shape[1], basis.shape[0], (basis.shape[-1] - 1) // 2
+            weight = basis.repeat(channels, 1, 1).unsqueeze(1)
+            full = [(x.shape[-2 + a] - 2 * layer.crop[a] - 1) // layer.stride[a] + 1 for a in range(2)]
+            ratio = [max(1, round(full[a] / max(1, _target_full(ys.shape[-2 + a], offsets[a], sub))))
+                     for a in range(2)]
+            starts = [ratio[a] * offsets[a] * layer.stride[a] + layer.crop[a] + pad - radius for a in range(2)]
+            steps = [ratio[a] * sub * layer.stride[a] for a in range(2)]
+            z = F.conv2d(xp[..., starts[0]:, starts[1]:], weight, None, tuple(steps), 0, 1, channels)
+            h, w = ys.shape[-2:]
+            z = z[..., :h, :w].reshape(x.shape[0], channels * m, h, w)
+            g, b, out = layer.groups, x.shape[0], ys.shape[1]
+            zg = z.reshape(b, g, -1, h * w).permute(1, 2, 0, 3).reshape(g, channels * m // g, -1)
+            yg = ys.reshape(b, g, out // g, h * w).permute(1, 2, 0, 3).reshape(g, out // g, -1)
+            stats[s].update(zg, yg)
+    return stats
+
+
+@pytest.mark.parametrize("channels,out,groups,stride,crop,orig_stride,orig_padding,sigmas,positions", [
+    # >= 7 candidates (5×5 patches, 10 basis filters): projected patch moments; fewer: per-candidate responses
+    (6, 6, 6, 1, 0, 1, 1, [0.3, 0.35, 0.45, 0.5, 0.6, 0.8, 0.9, 1.0], 40),  # depthwise, both filter sizes
+    (6, 12, 6, 1, 0, 2, 1, [0.4, 0.7, 0.9], 1000),  # depthwise ×2, the original strided, every position
+    (4, 6, 2, 2, 0, 2, 1, [0.3, 0.35, 0.45, 0.5, 0.6, 0.8, 0.9, 1.0], 30),  # grouped, strided
+    (3, 5, 1, 1, 1, 1, 0, [0.45, 0.6], 50),  # dense, crop ('valid' conv)
+])
+def test_shared_patches_equal_the_conv_path_per_sigma(channels, out, groups, stride, crop, orig_stride,
+                                                      orig_padding, sigmas, positions):
+    from njet_convert.fitting.calibration import _candidate_stats
+    from njet_convert.fitting.patches import embed_basis
+
+    torch.manual_seed(0)
+    orig = torch.nn.Conv2d(channels, out, 3, stride=orig_stride, padding=orig_padding, groups=groups, bias=True)
+    layer = NJetConv2d(channels, out, order=3, sigma=0.5, groups=groups, bias=True, stride=stride, crop=crop)
+    inputs = [torch.randn(3, channels, 17, 15), torch.randn(2, channels, 17, 15)]
+    opts = CalibrationOptions(max_positions=positions)
+    bases = {s: gaussian_basis(3, torch.tensor(s, dtype=torch.float64), 2.0, radius=filter_radius(s, 2.0)).float()
+             for s in sigmas}
+    with torch.no_grad():
+        reference = _conv_path_stats(layer, orig, inputs, bases, opts, seed=3)
+    pad = max((b.shape[-1] - 1) // 2 for b in bases.values())
+    padded = {s: embed_basis(b, pad) for s, b in bases.items()}
+    with torch.no_grad():
+        new = _candidate_stats(layer, orig, inputs, padded, pad, opts, torch.Generator().manual_seed(3))
+    for s in sigmas:
+        assert new[s].count == reference[s].count > 0
+        for field in ("zz", "zy", "yy", "z", "y"):
+            expected = getattr(reference[s], field)
+            torch.testing.assert_close(getattr(new[s], field), expected, rtol=1e-5,
+                                       atol=1e-5 * float(expected.abs().max()), msg=f"sigma={s} {field}")
+        # the fit error decides σ (α itself is ill-determined along the basis's near-null directions on 3×3)
+        _, _, res_new, yy = solve_moments(new[s], centred=True, ridge=1e-6)
+        _, _, res_ref, _ = solve_moments(reference[s], centred=True, ridge=1e-6)
+        torch.testing.assert_close(res_new / yy, res_ref / yy, rtol=1e-3, atol=1e-5)
+
+
+def test_pipeline_keeps_the_outputs_of_the_refitted_network():
+    from njet_convert.fitting.pipeline import LayerPipeline
+
+    model = _tiny_cnn()
+    batches = [_smooth_images(3, 0), _smooth_images(2, 1), _smooth_images(4, 2)]
+    with LayerPipeline(model, ["3", "9"], batches, keep_outputs=2) as pipe:
+        for name, inputs in pipe:
+            assert len(inputs) == 3
+            with torch.no_grad():
+                model.get_submodule(name).weight.mul_(1.5)  # a "refit" while the passes are paused at the layer
+    outputs = pipe.outputs()
+    assert outputs is not None and len(outputs) == 2
+    with torch.no_grad():
+        for out, batch in zip(outputs, batches, strict=False):
+            torch.testing.assert_close(out, model(batch))
