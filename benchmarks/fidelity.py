@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ridge", type=float, default=1e-6)
     parser.add_argument("--subsample", default="safe", choices=["safe", "keep"], help="convert(subsample=...)")
     parser.add_argument("--no-pointwise", action="store_true", help="do not refit the 1×1 convs")
+    parser.add_argument("--sigmas-per-size", type=int, default=CalibrationOptions.sigmas_per_size,
+                        help="σ candidates per filter size in the calibration")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     calib = calibration_photos(args.calibration, args.size)
     held = heldout_photos(args.heldout, args.size)
     opts = CalibrationOptions(max_positions=args.max_positions, batchnorm=args.batchnorm, ridge=args.ridge,
-                              refit_pointwise=not args.no_pointwise)
+                              refit_pointwise=not args.no_pointwise, sigmas_per_size=args.sigmas_per_size)
     start, cpu = time.perf_counter(), time.process_time()
     with torch.no_grad():
         for i in range(0, calib.shape[0], 32):

@@ -250,7 +250,7 @@ def _conv_path_stats(layer, orig, inputs, bases, opts, seed):
 
 
 @pytest.mark.parametrize("channels,out,groups,stride,crop,orig_stride,orig_padding,sigmas,positions", [
-    # >= 7 candidates (5×5 patches, 10 basis filters): projected patch moments; fewer: per-candidate responses
+    # 5×5 patches, 10 basis filters: projected patch moments, except the dense case (per-candidate responses)
     (6, 6, 6, 1, 0, 1, 1, [0.3, 0.35, 0.45, 0.5, 0.6, 0.8, 0.9, 1.0], 40),  # depthwise, both filter sizes
     (6, 12, 6, 1, 0, 2, 1, [0.4, 0.7, 0.9], 1000),  # depthwise ×2, the original strided, every position
     (4, 6, 2, 2, 0, 2, 1, [0.3, 0.35, 0.45, 0.5, 0.6, 0.8, 0.9, 1.0], 30),  # grouped, strided

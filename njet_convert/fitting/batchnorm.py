@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["output_distance", "reestimate_batchnorm"]
+__all__ = ["output_distance", "outputs_distance", "reestimate_batchnorm"]
 
 
 @torch.no_grad()
@@ -36,9 +36,13 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[Tensor]) -> None:
 @torch.no_grad()
 def output_distance(model: nn.Module, batches: Iterable[Tensor], references: list[Tensor]) -> float | None:
     """Mean KL(reference ‖ model) of softmax outputs for 2-d logits, else relative squared error (None: no tensors)."""
+    return outputs_distance((model(batch) for batch in batches), references)
+
+
+def outputs_distance(outputs: Iterable, references: list[Tensor]) -> float | None:
+    """:func:`output_distance` of outputs already computed (``None``: not tensors of the references' shapes)."""
     total, count = 0.0, 0
-    for batch, ref in zip(batches, references, strict=False):
-        out = model(batch)
+    for out, ref in zip(outputs, references, strict=False):
         if not torch.is_tensor(out) or out.shape != ref.shape:
             return None
         if out.dim() == 2:

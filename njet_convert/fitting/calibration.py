@@ -13,9 +13,10 @@ when that one is better on the data. A ``SafeSubsample`` linked to the layer kee
 new σ), so feature-map sizes stay the original's while the layers after it are calibrated. The mean output shift
 is absorbed into the layer's bias or into the running mean of the batch norm that directly follows it (through a
 SafeSubsample). Statistics are accumulated one batch at a time, at a subset of positions (at most
-``max_positions`` per image). Finally batch-norm statistics are re-estimated on
-the calibration data only if that brings the converted network's outputs closer to the original's (judged on the
-first ``check_images`` calibration images).
+``max_positions`` per image); the input patches there are extracted once for all σ candidates (:mod:`.patches`).
+Finally batch-norm statistics are re-estimated on the calibration data only if that brings the converted network's
+outputs closer to the original's (judged on the first ``check_images`` calibration images, whose outputs before the
+re-estimation come from the calibration's own passes).
 
 The network runs once over the calibration data (:mod:`.pipeline`), so the inputs of the current layer for all
 calibration images are held at once (about 1.2 GB for MobileNetV2's first depthwise layer with 256 images at
@@ -38,15 +39,18 @@ from torch import Tensor, nn
 
 from njet_layers import NJetConv2d, SafeSubsample, filter_radius, gaussian_basis
 
-from .batchnorm import output_distance, reestimate_batchnorm
+from .batchnorm import output_distance, outputs_distance, reestimate_batchnorm
 from .covariance import MomentStats, solve_moments
 from .kernel_fit import KernelFit
+from .patches import PatchMoments, basis_responses, embed_basis, group_targets, sampled_patches
 from .pipeline import LayerPipeline
 from .placement import kernel_radius
 
 __all__ = ["CalibrationOptions", "calibrate"]
 
 _MAX_FEATURES = 2048  # per conv group; beyond that the exact moment matrix gets too large (not supported yet)
+_MAX_PATCH_ELEMENTS = 2**24  # patches extracted at once (64 MB in float32): larger batches go in image chunks
+_MAX_PATCH_MOMENTS = 2**25  # entries of the shared patch moment matrices (256 MB in float64)
 _MIN_GAIN = 1e-3  # a new fit replaces a layer's previous one only if its data-weighted error is lower by this share
 
 
@@ -125,13 +129,16 @@ def calibrate(
             conv_tf = sampler.converted_transform(modules, set(pointwise))
             orig_tf = sampler.original_transform(orig_modules, {to_orig[n]: n for n in names})
             batch_list = list(batches)
+            orig_pipe, keep = None, _batches_for(batch_list, opts.check_images if opts.batchnorm != "never" else 0)
             with contextlib.ExitStack() as stack:
-                conv_pipe = stack.enter_context(LayerPipeline(converted, names, batch_list, transform=conv_tf))
+                conv_pipe = stack.enter_context(LayerPipeline(converted, names, batch_list, transform=conv_tf,
+                                                              keep_outputs=keep))
                 orig_iter = None
                 if pointwise:
                     # the original pauses only at the 1×1 convs: less held at once
                     orig_pipe = stack.enter_context(LayerPipeline(
-                        original, [to_orig[n] for n in names if n in pointwise], batch_list, transform=orig_tf))
+                        original, [to_orig[n] for n in names if n in pointwise], batch_list, transform=orig_tf,
+                        keep_outputs=keep))
                     orig_iter = iter(orig_pipe)
                 # the original network never changes: its next targets are fetched at once, so that its paused
                 # passes release the inputs they hold while the converted network is refitted
@@ -150,7 +157,9 @@ def calibrate(
                     if progress:
                         print(f"[calibrate {step}/{len(names)}] {name}: {message}", flush=True)
             if opts.batchnorm != "never":
-                _maybe_reestimate(converted, original, batches, opts, progress)
+                # the pipelines' passes ended in the refitted and the original network's outputs: reused here
+                done = (conv_pipe.outputs(), orig_pipe.outputs() if orig_pipe is not None else None)
+                _maybe_reestimate(converted, original, batches, opts, progress, done)
     finally:
         for m, mode in modes.items():
             m.train(mode)
@@ -168,18 +177,13 @@ def _refit_layer(layer: NJetConv2d, orig: nn.Module, norm, inputs: list[Tensor],
     per_size = opts.sigmas_per_size if features <= opts.wide_search_features else 1
     candidates = _candidate_sigmas(layer, orig, k, per_size)
     can_shift = opts.bias_correction and (layer.bias is not None or norm is not None)
-    stats = {s: MomentStats() for s in candidates}
     gen = torch.Generator().manual_seed(opts.seed)
     bases = {s: gaussian_basis(order, torch.tensor(s, dtype=torch.float64), k,
                                radius=filter_radius(s, k, cap)).to(torch.float32).to(layer.alpha.device)
              for s in candidates}
     pad = max((b.shape[-1] - 1) // 2 for b in bases.values())
-    for x in inputs:
-        ys, offsets, sub = _sampled_target(orig, x, opts.max_positions, gen)
-        xp = F.pad(x, (pad, pad, pad, pad))  # once for all candidates
-        for s, basis in bases.items():
-            z = _basis_responses(layer, xp, pad, basis, ys.shape[-2:], offsets, sub)
-            stats[s].update(*_group(z, ys, layer.groups))
+    bases = {s: embed_basis(b, pad) for s, b in bases.items()}  # all [M, S, S] at the largest candidate size
+    stats = _candidate_stats(layer, orig, inputs, bases, pad, opts, gen)
     current_sigma = round(float(layer.sigma.detach()), 6)
     # the incumbent is the layer's previous fit, judged on the same data; a new fit must beat it clearly, and with
     # too few samples per basis feature a new fit would fit noise (order 4's exact fit fell from 100 % to 50 %
@@ -322,22 +326,51 @@ def _sample_grid(size, max_positions: int, gen: torch.Generator) -> tuple[tuple[
     return offsets, sub
 
 
-def _basis_responses(layer: NJetConv2d, xp: Tensor, pad: int, basis: Tensor, out_size, offsets, sub: int) -> Tensor:
-    """Responses ``[B, C * M, h, w]`` of each input channel to each basis filter, at the sampled output positions.
+def _candidate_stats(layer: NJetConv2d, orig: nn.Module, inputs: list[Tensor], bases: dict[float, Tensor], pad: int,
+                     opts: CalibrationOptions, gen: torch.Generator) -> dict[float, MomentStats]:
+    """Moment statistics of every σ candidate's basis responses (``bases``: all zero-padded to ``2 * pad + 1``).
+
+    The sampled input patches are extracted once per batch at the largest radius (:mod:`.patches`); each candidate's
+    statistics are then projections of the patches' own moments when those are cheaper to accumulate (depthwise
+    layers: one ``s² × s²`` matrix per channel for all candidates), else each candidate's responses are one matrix
+    product.
+    """
+    size = 2 * pad + 1
+    m, q, c = next(iter(bases.values())).shape[0], size * size, layer.alpha.shape[1]
+    # multiply-adds per sample: the patch moments once vs every candidate's responses and their moments
+    shared = ((c * q) ** 2 <= len(bases) * (c * q * m + (c * m) ** 2)
+              and layer.groups * (c * q) ** 2 <= _MAX_PATCH_MOMENTS)
+    moments, stats = PatchMoments(), {s: MomentStats() for s in bases}
+    for x in inputs:
+        ys, offsets, sub = _sampled_target(orig, x, opts.max_positions, gen)
+        starts, steps = _window_geometry(layer, x.shape[-2:], pad, ys.shape[-2:], offsets, sub)
+        xp = F.pad(x, (pad, pad, pad, pad))
+        yg = group_targets(ys, layer.groups)
+        per_image = ys.shape[-2] * ys.shape[-1]
+        chunk = max(1, _MAX_PATCH_ELEMENTS // max(1, per_image * x.shape[1] * q))  # images per patch extraction
+        for i in range(0, x.shape[0], chunk):
+            patches = sampled_patches(xp[i : i + chunk], size, starts, steps, ys.shape[-2:], layer.groups)
+            y = yg[..., i * per_image : (i + chunk) * per_image]
+            if shared:
+                moments.update(patches, y)
+                continue
+            for s, basis in bases.items():
+                stats[s].update(basis_responses(patches, basis), y)
+    return {s: moments.project(b) for s, b in bases.items()} if shared else stats
+
+
+def _window_geometry(layer: NJetConv2d, x_size, pad: int, out_size, offsets, sub: int):
+    """First window corner and step per axis, at radius ``pad``, in the input zero-padded by ``pad``.
 
     Output index ``t`` of the target lies at ``ratio * t`` on the converted layer's own output grid (``ratio`` > 1
     when the original conv was strided and the converted one is not), which reads input rows
-    ``(ratio * t) * stride + crop - radius + v`` of the input (``xp`` is the input zero-padded by ``pad``).
+    ``(ratio * t) * stride + crop - radius + v`` of the input.
     """
-    channels, m, radius = xp.shape[1], basis.shape[0], (basis.shape[-1] - 1) // 2
-    x_size = [xp.shape[-2 + a] - 2 * pad for a in range(2)]
-    weight = basis.repeat(channels, 1, 1).unsqueeze(1)  # [C*M, 1, s, s], channel-major
     full = [(x_size[a] - 2 * layer.crop[a] - 1) // layer.stride[a] + 1 for a in range(2)]
     ratio = [max(1, round(full[a] / max(1, _target_full(out_size[a], offsets[a], sub)))) for a in range(2)]
-    starts = [ratio[a] * offsets[a] * layer.stride[a] + layer.crop[a] + pad - radius for a in range(2)]
+    starts = [ratio[a] * offsets[a] * layer.stride[a] + layer.crop[a] for a in range(2)]
     steps = [ratio[a] * sub * layer.stride[a] for a in range(2)]
-    z = F.conv2d(xp[..., starts[0] :, starts[1] :], weight, None, tuple(steps), 0, 1, channels)
-    return z[..., : out_size[0], : out_size[1]].reshape(xp.shape[0], channels * m, *out_size)
+    return starts, steps
 
 
 def _target_full(n_sampled: int, offset: int, sub: int) -> int:
@@ -347,12 +380,10 @@ def _target_full(n_sampled: int, offset: int, sub: int) -> int:
 
 def _group(z: Tensor, y: Tensor, groups: int) -> tuple[Tensor, Tensor]:
     """``z [B, C*M, h, w]``, ``y [B, O, h, w]`` -> ``[g, F, L]``, ``[g, O/g, L]`` with samples on the last axis."""
-    b, cm, out = z.shape[0], z.shape[1], y.shape[1]
+    cm = z.shape[1]
     if cm // groups > _MAX_FEATURES:
         raise ValueError(f"a conv group with {cm // groups} basis features is too large for the exact data-aware fit")
-    zg = z.reshape(b, groups, cm // groups, -1).permute(1, 2, 0, 3).reshape(groups, cm // groups, -1)
-    yg = y.reshape(b, groups, out // groups, -1).permute(1, 2, 0, 3).reshape(groups, out // groups, -1)
-    return zg, yg
+    return group_targets(z, groups), group_targets(y, groups)
 
 
 def _current_alpha(layer: NJetConv2d) -> Tensor:
@@ -390,13 +421,20 @@ def _apply(layer: NJetConv2d, norm: nn.Module | None, alpha: Tensor, delta: Tens
         norm.running_mean.sub_(shift.to(norm.running_mean.dtype))
 
 
-def _maybe_reestimate(converted, original, batches, opts, progress) -> None:
+def _maybe_reestimate(converted, original, batches, opts, progress, done=(None, None)) -> None:
+    """Re-estimate batch-norm statistics if that brings the outputs closer to the original's on the check images.
+
+    ``done``: the converted and the original network's outputs per calibration batch, when already computed (by the
+    calibration's own passes); the check images are the first of them, so no pass is repeated for them.
+    """
     check = batches.subset(opts.check_images)
-    refs = [original(b) for b in check]
+    sizes = [b.shape[0] for b in check]
+    reuse = [_first_outputs(outs, sizes) for outs in done]
+    refs = reuse[1] if reuse[1] is not None else [original(b) for b in check]
     if not all(torch.is_tensor(r) for r in refs):
         return
     saved = {n: b.detach().clone() for n, b in converted.named_buffers()}
-    before = output_distance(converted, check, refs)
+    before = (outputs_distance(reuse[0], refs) if reuse[0] is not None else output_distance(converted, check, refs))
     reestimate_batchnorm(converted, batches)
     after = output_distance(converted, check, refs)
     keep = opts.batchnorm == "always" or (before is not None and after is not None and after < before)
@@ -407,6 +445,28 @@ def _maybe_reestimate(converted, original, batches, opts, progress) -> None:
     if progress:
         print(f"[calibrate] batch-norm re-estimation: distance {before} -> {after}, "
               f"{'kept' if keep else 'reverted'}", flush=True)
+
+
+def _batches_for(batches: list[Tensor], images: int) -> int:
+    """How many leading batches hold the first ``images`` images."""
+    count = 0
+    for i, b in enumerate(batches):
+        if count >= images:
+            return i
+        count += b.shape[0]
+    return len(batches)
+
+
+def _first_outputs(outputs: list | None, sizes: list[int]) -> list | None:
+    """The outputs of the first ``sizes`` images batch by batch (as :meth:`_Batches.subset` cuts them), or None."""
+    if outputs is None or len(outputs) < len(sizes):
+        return None
+    out = []
+    for o, n in zip(outputs, sizes, strict=False):
+        if not torch.is_tensor(o) or o.shape[0] < n:
+            return None
+        out.append(o[:n])
+    return out
 
 
 def _network_order(model: nn.Module, pairs, batch: Tensor):

@@ -28,10 +28,14 @@ class LayerPipeline:
     Use as a context manager; after each item the caller refits the layer, then asks for the next item.
     ``capture="output"`` hands over each layer's output instead of its input; ``transform(name, batch_index,
     tensor)`` is applied to the captured tensor inside the paused pass (e.g. to keep only sampled positions).
+    ``keep_outputs``: after the context exits, ``outputs()`` gives the model's outputs on the first ``keep_outputs``
+    batches when their passes ran to their end (the outputs of the fully refitted network: the calibration compares
+    them without another forward pass); the other outputs are not kept.
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], batches: Sequence[Tensor], *,
-                 capture: str = "input", transform: Callable[[str, int, Tensor], Tensor] | None = None) -> None:
+                 capture: str = "input", transform: Callable[[str, int, Tensor], Tensor] | None = None,
+                 keep_outputs: int = 0) -> None:
         self.model, self.names, self.batches = model, list(names), list(batches)
         modules = dict(model.named_modules())
         self.layers = {id(modules[n]): n for n in self.names}
@@ -40,6 +44,8 @@ class LayerPipeline:
         self.inputs: dict[str, dict[int, Tensor]] = {n: {} for n in self.names}
         self.released: set[str] = set()
         self.done: set[int] = set()
+        self.results: dict[int, object] = {}
+        self.keep_outputs = keep_outputs
         self.errors: list[BaseException] = []
         self.aborted = False
         self.local = threading.local()
@@ -76,6 +82,14 @@ class LayerPipeline:
                 self.inputs[name].clear()
                 self.released.add(name)
                 self.cond.notify_all()
+
+    def outputs(self) -> list | None:
+        """The model's outputs on the first ``keep_outputs`` batches; ``None`` if a pass did not finish (closed early,
+        error)."""
+        kept = min(self.keep_outputs, len(self.batches))
+        if self.aborted or self.errors or any(i not in self.results for i in range(kept)):
+            return None
+        return [self.results[i] for i in range(kept)]
 
     def _wait_inputs(self, name: str) -> list[Tensor]:
         self.turn.release()
@@ -116,7 +130,9 @@ class LayerPipeline:
         self.turn.acquire()
         try:
             with torch.no_grad():
-                self.model(self.batches[index])
+                out = self.model(self.batches[index])
+            if index < self.keep_outputs:
+                self.results[index] = out
         except _Abort:
             pass
         except BaseException as error:  # handed to the caller
