@@ -15,10 +15,12 @@ moved into place with ``os.replace``: a failure never leaves anything at (or bes
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -166,6 +168,21 @@ def _dims(dynamic_batch: bool, dynamic_spatial: bool) -> dict[int, str]:
     return dims
 
 
+@contextlib.contextmanager
+def _silenced_stdout():
+    """Send file descriptor 1 (Python's and C++'s stdout) to /dev/null for the duration."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _run_exporter(
     module: nn.Module, args: tuple, dest: Path, exporter: str, opset: int, dynamic_batch: bool, dynamic_spatial: bool
 ) -> None:
@@ -173,7 +190,8 @@ def _run_exporter(
     in_names = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
     out_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
     dims = _dims(dynamic_batch, dynamic_spatial)
-    with warnings.catch_warnings():
+    # the exporters print their IR graph (from C++) and progress to stdout; errors reach the caller as one line
+    with warnings.catch_warnings(), _silenced_stdout():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
             axes = {n: dims for n, a in zip(in_names, args, strict=True) if a.dim() == 4 or not dynamic_spatial}
@@ -231,7 +249,7 @@ def _first_line(err: Exception) -> str:
     """The informative line of an exporter error (the dynamo exporter puts the failing op further down)."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     ops = [ln for ln in lines if "aten::" in ln or "aten." in ln or "not supported" in ln.lower()]
-    text = (ops or lines or [type(err).__name__])[0]
+    text = (ops or lines or [type(err).__name__])[0].split("  [Caused by")[0]
     return text if len(text) <= 300 else text[:297] + "..."
 
 
