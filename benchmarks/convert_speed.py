@@ -1,5 +1,5 @@
 """Time ``njet_convert.convert`` without calibration (random init, timm models), split into surgery and fits, and
-compare the surgery's Gram-matrix σ search with fitting every σ of the grid (``fitting.fit_kernels``) in one run.
+compare ``fitting.fit_kernels``' Gram-matrix σ search with a direct fit at every σ of the grid in one run.
 
     python benchmarks/convert_speed.py [--models resnet50 resnet18 mobilenetv2_100] [--repeat 3] [--threads 1]
 
@@ -32,9 +32,14 @@ def time_convert(model: torch.nn.Module, repeat: int, **kwargs) -> tuple[float, 
 
 
 def _reference_fit(weight, order, k, sigma_grid=None, dilation=(1, 1)):
-    from njet_convert.fitting import fit_kernels
+    """The former σ search: a direct least-squares fit on the padded kernels at every σ of the grid."""
+    from njet_convert.fitting import kernel_radius
+    from njet_convert.fitting.least_squares import fit_at_sigma
+    from njet_convert.fitting.sigma_search import default_sigma_grid
 
-    return fit_kernels(weight, order, k, sigma_grid=sigma_grid, dilation=dilation)
+    grid = sigma_grid or default_sigma_grid(kernel_radius(tuple(weight.shape[-2:]), dilation), k)
+    fits = [fit_at_sigma(weight, order, k, s, dilation) for s in grid]
+    return min(fits, key=lambda f: f.error)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         njet_convert.convert(model, fit=False)  # warm-up (imports, first trace)
         full = time_convert(model, args.repeat)
         surgery = time_convert(model, args.repeat, fit=False)
-        with mock.patch("njet_convert.surgery.transforms.fit_conv", _reference_fit):
+        with mock.patch("njet_convert.surgery.transforms.fit_kernels", _reference_fit):
             reference = time_convert(model, args.repeat)
         print(f"| {name} | {full[0]:.2f} | {full[1]:.2f} | {surgery[0]:.2f} | {reference[0]:.2f} "
               f"| {reference[0] / full[0]:.1f}x |", flush=True)

@@ -264,13 +264,19 @@ def test_selection_by_type_glob_regex_pattern_predicate() -> None:
     ((16, 8, 3, 3), (1, 1)), ((12, 1, 3, 3), (1, 1)), ((6, 4, 1, 7), (1, 1)), ((6, 4, 7, 1), (1, 1)),
     ((6, 4, 3, 3), (2, 2)), ((6, 4, 2, 2), (1, 1)), ((6, 3, 7, 7), (1, 1)), ((6, 4, 5, 5), (1, 1))])
 @pytest.mark.parametrize("order", [2, 3, 4])
-def test_fast_plain_fit_equals_fit_kernels(shape, dilation, order) -> None:
-    """The surgery's Gram-matrix σ search picks the σ fit_kernels picks, with the same α and error."""
+def test_gram_sigma_search_equals_fitting_every_sigma(shape, dilation, order) -> None:
+    """fit_kernels' Gram-matrix σ search picks the σ that direct fits at every σ pick, with the same α and error."""
     from njet_convert.fitting import fit_kernels
-    from njet_convert.surgery.plain_fit import fit_conv
+    from njet_convert.fitting.least_squares import fit_at_sigma
+    from njet_convert.fitting.sigma_search import default_sigma_grid
+    from njet_layers import filter_radius
 
     w = torch.randn(shape)
-    ref, got = fit_kernels(w, order, 2.0, dilation=dilation), fit_conv(w, order, 2.0, dilation=dilation)
+    grid = default_sigma_grid(njet_convert.fitting.kernel_radius(shape[-2:], dilation), 2.0)
+    direct = [fit_at_sigma(w, order, 2.0, s, dilation) for s in grid]
+    best = min(f.error for f in direct)
+    ref = min((f for f in direct if f.error <= best + 1e-5), key=lambda f: (filter_radius(f.sigma, 2.0), -f.sigma))
+    got = fit_kernels(w, order, 2.0, dilation=dilation)
     assert got.sigma == ref.sigma
     assert abs(got.error - ref.error) < 1e-7
     assert torch.allclose(got.alpha, ref.alpha, rtol=1e-5, atol=1e-6)

@@ -18,11 +18,11 @@ from torch import fx, nn
 
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample, safe_output_size
 
+from ..fitting import fit_kernels
 from ..report import LayerRecord, SubsampleRecord
 from .convs import ConvPlan, plan_conv
 from .joins import analyse_joins
 from .modules import PadSame
-from .plain_fit import fit_conv
 from .pools import POOL_FUNCTIONS, PoolPlan, plan_pool_call, plan_pool_module, stride1_pool
 from .state import SIZES, Point, SurgeryState
 
@@ -159,7 +159,7 @@ class SwapConvs(Transform):
         cfg = self.state.cfg
         weight = plan.weight()
         if cfg.fit:
-            fit = fit_conv(weight, cfg.order, cfg.k, sigma_grid=cfg.sigma_grid, dilation=plan.dilation)
+            fit = fit_kernels(weight, cfg.order, cfg.k, sigma_grid=cfg.sigma_grid, dilation=plan.dilation)
             sigma, alpha, error = fit.sigma, fit.alpha, fit.error
         else:
             need = max(d * (k - 1) - d * (k - 1) // 2 for k, d in zip(plan.kernel_size, plan.dilation, strict=True))
