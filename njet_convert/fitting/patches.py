@@ -61,41 +61,26 @@ def group_targets(y: Tensor, groups: int) -> Tensor:
     return y.reshape(b, groups, o // groups, -1).permute(1, 2, 0, 3).reshape(groups, o // groups, -1)
 
 
-class PatchMoments:
-    """Running float64 sums ``Σ p pᵀ``, ``Σ p yᵀ``, ``Σ p``, ``Σ y²``, ``Σ y`` of patches and targets (module doc)."""
-
-    def __init__(self) -> None:
-        self.pp: Tensor | None = None
-        self.py: Tensor | None = None
-        self.p: Tensor | None = None
-        self.yy: Tensor | None = None
-        self.y: Tensor | None = None
-        self.count = 0
+class PatchMoments(MomentStats):
+    """The running float64 sums of :class:`MomentStats` with the raw patches as regressors (``Σ p pᵀ``, ``Σ p yᵀ``,
+    ``Σ p``, ``Σ y²``, ``Σ y``), so that any σ's basis-response statistics are a projection of them (module doc)."""
 
     def update(self, patches: Tensor, y: Tensor) -> None:
         """Add ``L`` samples: ``patches [g, L, P]``, ``y [g, Og, L]`` (products in their dtype, sums in float64)."""
-        parts = (patches.transpose(1, 2) @ patches, patches.transpose(1, 2) @ y.transpose(1, 2), patches.sum(1),
-                 (y * y).sum(-1), y.sum(-1))
-        parts = tuple(p.to(torch.float64) for p in parts)
-        if self.pp is None:
-            self.pp, self.py, self.p, self.yy, self.y = parts
-        else:
-            for name, value in zip(("pp", "py", "p", "yy", "y"), parts, strict=True):
-                getattr(self, name).add_(value)
-        self.count += patches.shape[1]
+        super().update(patches.transpose(1, 2), y)
 
     def project(self, basis: Tensor) -> MomentStats:
         """The :class:`MomentStats` of the basis responses ``z = (I ⊗ basis) p`` for ``basis [M, s, s]``."""
-        if self.pp is None:
+        if self.zz is None:
             raise ValueError("PatchMoments.project: no samples were added")
-        g, cq = self.p.shape
+        g, cq = self.z.shape
         m, q = basis.shape[0], basis.shape[-1] * basis.shape[-2]
         c = cq // q
         b = basis.reshape(m, q).to(torch.float64)
         stats = MomentStats()
-        pp = self.pp.reshape(g, c, q, c, q)
+        pp = self.zz.reshape(g, c, q, c, q)
         stats.zz = torch.einsum("mq,gaqbr,nr->gambn", b, pp, b).reshape(g, c * m, c * m)
-        stats.zy = torch.einsum("mq,gaqo->gamo", b, self.py.reshape(g, c, q, -1)).reshape(g, c * m, -1)
-        stats.z = (self.p.reshape(g, c, q) @ b.T).reshape(g, c * m)
+        stats.zy = torch.einsum("mq,gaqo->gamo", b, self.zy.reshape(g, c, q, -1)).reshape(g, c * m, -1)
+        stats.z = (self.z.reshape(g, c, q) @ b.T).reshape(g, c * m)
         stats.yy, stats.y, stats.count = self.yy.clone(), self.y.clone(), self.count
         return stats
