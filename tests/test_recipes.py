@@ -76,3 +76,11 @@ def test_yaml_exponents_without_dot_are_numbers():
 
 def test_recipes_folder_is_found():
     assert any((d / "resnet32-cifar10.yaml").is_file() for d in recipe_dirs())
+
+
+def test_training_entries_the_trainer_cannot_follow_are_named():
+    from njet_convert.cli import _unsupported_recipe_training
+
+    assert _unsupported_recipe_training(load_recipe("mnist-toy-2layer")) == []
+    assert any("'multistep'" in n for n in _unsupported_recipe_training(load_recipe("resnet32-cifar10")))
+    assert any("'adam'" in n for n in _unsupported_recipe_training(load_recipe("unet-fashion-multiscale")))
