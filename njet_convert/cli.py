@@ -355,7 +355,7 @@ def _recipe_defaults(recipe: Any, parser: argparse.ArgumentParser) -> dict[str, 
     dests = {a.dest: a for a in parser._actions}
     train = recipe.train
     if train is not None:
-        for key in ("lr", "alpha_decay", "weight_decay", "batch_size", "epochs"):
+        for key in ("lr", "alpha_decay", "weight_decay", "batch_size", "epochs", "milestones", "gamma"):
             if key in dests:
                 values[key] = getattr(train, key)
         schedule = dests.get("schedule")
@@ -370,7 +370,7 @@ def _unsupported_recipe_training(recipe: Any) -> list[str]:
     if train is None:
         return notes
     if train.schedule not in SCHEDULES:
-        notes.append(f"schedule {train.schedule!r} is not supported (cosine, step, constant); using --schedule")
+        notes.append(f"schedule {train.schedule!r} is not supported ({', '.join(SCHEDULES)}); using --schedule")
     if getattr(train, "optimizer", "sgd") != "sgd":
         notes.append(f"optimizer {train.optimizer!r} is not supported; fine-tuning uses SGD with momentum")
     return notes

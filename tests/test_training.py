@@ -203,6 +203,12 @@ def test_param_groups_schedule_and_sigma_bounds():
     assert all(a <= b for a, b in itertools.pairwise(factors[:11])) and factors[-1] < 0.02
     step = FinetuneConfig(schedule="step", step_epochs=1, step_gamma=0.5)
     assert lr_factor(25, 10, 3, step) == pytest.approx(0.25)
+    multistep = FinetuneConfig(schedule="multistep", milestones=(2, 3), step_gamma=0.1)
+    assert [lr_factor(s, 10, 4, multistep) for s in (19, 20, 29, 30)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
+    poly = FinetuneConfig(schedule="poly", poly_power=0.9)
+    assert lr_factor(0, 10, 2, poly) == 1.0 and lr_factor(10, 10, 2, poly) == pytest.approx(0.5 ** 0.9)
+    with pytest.raises(ValueError, match="milestones"):
+        FinetuneConfig(schedule="multistep")
     # σ stays in bounds by construction: a huge step on log σ is clamped by the layer
     with torch.no_grad():
         model.conv.log_sigma.fill_(50.0)

@@ -42,6 +42,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     g.add_argument("--alpha-decay", type=float, default=1e-4, help="L2 weight on α (paper: 1e-4..1e-2)")
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--schedule", choices=SCHEDULES, default="cosine")
+    g.add_argument("--milestones", type=int, nargs="+", metavar="EPOCH",
+                   help="multistep schedule: epochs at which lr is multiplied by --gamma")
+    g.add_argument("--gamma", type=float, default=0.1, help="lr factor of the step and multistep schedules")
     g.add_argument("--warmup-epochs", type=float, default=0.0)
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
@@ -58,7 +61,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     distill = (DistillConfig(args.distill_temperature, args.distill_label_weight) if args.distill else None)
     return FinetuneConfig(
         lr=args.lr, sigma_lr=args.sigma_lr, alpha_decay=args.alpha_decay, weight_decay=args.weight_decay,
-        schedule=args.schedule, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, workers=args.workers,
+        schedule=args.schedule, milestones=tuple(args.milestones or ()), step_gamma=args.gamma,
+        warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, workers=args.workers,
         amp=args.amp, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch, distill=distill,
         progress=not args.quiet, plots=not args.no_plots,
     )

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 __all__ = ["AMP_MODES", "SCHEDULES", "DistillConfig", "FinetuneConfig"]
 
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "multistep", "poly", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -47,11 +47,13 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     alpha_decay: float = 1e-4
     sigma_decay: float = 0.0
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    schedule: Literal["cosine", "step", "multistep", "poly", "constant"] = "cosine"
     warmup_epochs: float = 0.0  # linear warm-up from ``warmup_start * lr``; fractional epochs allowed
     warmup_start: float = 0.1
     step_epochs: int = 30  # step schedule: multiply lr by ``step_gamma`` every ``step_epochs`` epochs
-    step_gamma: float = 0.1
+    step_gamma: float = 0.1  # also the factor of each multistep milestone
+    milestones: tuple[int, ...] = ()  # multistep schedule: epochs at which lr is multiplied by ``step_gamma``
+    poly_power: float = 0.9  # poly schedule (DeepLab): lr · (1 - progress) ** poly_power
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
     batch_size: int = 64
     workers: int = 0
@@ -85,6 +87,12 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        self.milestones = tuple(self.milestones)
+        if self.schedule == "multistep" and (not self.milestones or any(
+                isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.milestones)):
+            raise ValueError(f"the multistep schedule needs milestones: positive epochs, got {self.milestones!r}")
+        if not self.poly_power > 0:
+            raise ValueError(f"poly_power must be positive, got {self.poly_power!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if not isinstance(self.workers, int) or self.workers < 0:

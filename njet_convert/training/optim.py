@@ -77,7 +77,11 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, config: FinetuneConf
         return 1.0
     if config.schedule == "step":
         return config.step_gamma ** (step // (steps_per_epoch * config.step_epochs))
+    if config.schedule == "multistep":
+        return config.step_gamma ** sum(step >= m * steps_per_epoch for m in config.milestones)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if config.schedule == "poly":
+        return (1.0 - progress) ** config.poly_power
     return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
