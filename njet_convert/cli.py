@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .training.config import SCHEDULES
 
 __all__ = ["ModelSpec", "build_parser", "main", "resolve_model"]
 
@@ -320,10 +319,6 @@ def _main(argv: list[str]) -> int:
         if not quiet:
             print(msg, file=sys.stderr, flush=True)
 
-    if spec.recipe is not None and args.finetune:
-        for note in _unsupported_recipe_training(spec.recipe):
-            log(f"note: recipe {spec.recipe.name}: {note}")
-
     out = None if args.dry_run else _prepare_out(args.out or os.path.join("out", _safe(args.model)))
     run = _Run(args, spec, out, log)
     # In --json mode stdout carries the JSON alone: anything the library prints goes to stderr.
@@ -355,25 +350,13 @@ def _recipe_defaults(recipe: Any, parser: argparse.ArgumentParser) -> dict[str, 
     dests = {a.dest: a for a in parser._actions}
     train = recipe.train
     if train is not None:
-        for key in ("lr", "alpha_decay", "weight_decay", "batch_size", "epochs", "milestones", "gamma"):
+        for key in ("optimizer", "lr", "alpha_decay", "weight_decay", "batch_size", "epochs", "milestones", "gamma"):
             if key in dests:
                 values[key] = getattr(train, key)
         schedule = dests.get("schedule")
         if schedule is not None and (not schedule.choices or train.schedule in schedule.choices):
             values["schedule"] = train.schedule
     return values
-
-
-def _unsupported_recipe_training(recipe: Any) -> list[str]:
-    """The recipe's training entries the trainer cannot follow (each then falls back to the CLI's default)."""
-    train, notes = recipe.train, []
-    if train is None:
-        return notes
-    if train.schedule not in SCHEDULES:
-        notes.append(f"schedule {train.schedule!r} is not supported ({', '.join(SCHEDULES)}); using --schedule")
-    if getattr(train, "optimizer", "sgd") != "sgd":
-        notes.append(f"optimizer {train.optimizer!r} is not supported; fine-tuning uses SGD with momentum")
-    return notes
 
 
 def _safe(name: str) -> str:

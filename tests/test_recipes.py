@@ -78,9 +78,15 @@ def test_recipes_folder_is_found():
     assert any((d / "resnet32-cifar10.yaml").is_file() for d in recipe_dirs())
 
 
-def test_training_entries_the_trainer_cannot_follow_are_named():
-    from njet_convert.cli import _unsupported_recipe_training
 
-    assert _unsupported_recipe_training(load_recipe("mnist-toy-2layer")) == []
-    assert _unsupported_recipe_training(load_recipe("resnet32-cifar10")) == []  # multistep is supported
-    assert any("'adam'" in n for n in _unsupported_recipe_training(load_recipe("unet-fashion-multiscale")))
+@pytest.mark.parametrize("name", ["resnet32-cifar10", "unet-fashion-multiscale", "deeplab-aspp-voc"])
+def test_recipe_training_settings_are_ones_the_trainer_follows(name):
+    from njet_convert.cli import _recipe_defaults, build_parser
+    from njet_convert.training.cli import config_from_args
+
+    parser = build_parser()
+    parser.set_defaults(**_recipe_defaults(load_recipe(name), parser))
+    config = config_from_args(parser.parse_args([name]))
+    train = load_recipe(name).train
+    assert (config.optimizer, config.schedule, config.lr) == (train.optimizer, train.schedule, train.lr)
+    assert config.milestones == tuple(train.milestones or ())

@@ -22,7 +22,7 @@ import njet_convert
 from njet_convert.training import DistillConfig, FinetuneConfig, NonFiniteLossError, finetune
 from njet_convert.training.checkpoint import load_checkpoint
 from njet_convert.training.distill import distillation_loss
-from njet_convert.training.optim import lr_factor, param_groups
+from njet_convert.training.optim import build_optimizer, lr_factor, param_groups
 from njet_layers import NJetConv2d
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -209,6 +209,8 @@ def test_param_groups_schedule_and_sigma_bounds():
     assert lr_factor(0, 10, 2, poly) == 1.0 and lr_factor(10, 10, 2, poly) == pytest.approx(0.5 ** 0.9)
     with pytest.raises(ValueError, match="milestones"):
         FinetuneConfig(schedule="multistep")
+    adam = build_optimizer(model, FinetuneConfig(optimizer="adam", alpha_decay=1e-3))
+    assert isinstance(adam, torch.optim.Adam) and {g["name"] for g in adam.param_groups} == set(groups)
     # σ stays in bounds by construction: a huge step on log σ is clamped by the layer
     with torch.no_grad():
         model.conv.log_sigma.fill_(50.0)

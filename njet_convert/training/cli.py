@@ -37,6 +37,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     g.add_argument("--distill-label-weight", type=float, default=0.0, metavar="W",
                    help="mix in the labels' cross-entropy with weight W (0..1)")
     g.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (file or output folder)")
+    g.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="SGD with momentum 0.9, or Adam")
     g.add_argument("--lr", type=float, default=0.01)
     g.add_argument("--sigma-lr", type=float, default=None, help="learning rate of σ (default: --lr)")
     g.add_argument("--alpha-decay", type=float, default=1e-4, help="L2 weight on α (paper: 1e-4..1e-2)")
@@ -60,7 +61,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     """A :class:`FinetuneConfig` from parsed options (ValueError names a bad value)."""
     distill = (DistillConfig(args.distill_temperature, args.distill_label_weight) if args.distill else None)
     return FinetuneConfig(
-        lr=args.lr, sigma_lr=args.sigma_lr, alpha_decay=args.alpha_decay, weight_decay=args.weight_decay,
+        optimizer=args.optimizer, lr=args.lr, sigma_lr=args.sigma_lr, alpha_decay=args.alpha_decay,
+        weight_decay=args.weight_decay,
         schedule=args.schedule, milestones=tuple(args.milestones or ()), step_gamma=args.gamma,
         warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, workers=args.workers,
         amp=args.amp, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch, distill=distill,

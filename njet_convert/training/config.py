@@ -42,8 +42,10 @@ class FinetuneConfig:
 
     lr: float = 0.01
     sigma_lr: float | None = None
-    momentum: float = 0.9
-    nesterov: bool = False
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.9  # SGD
+    nesterov: bool = False  # SGD
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam
     weight_decay: float = 1e-4
     alpha_decay: float = 1e-4
     sigma_decay: float = 0.0
@@ -87,6 +89,11 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        self.betas = tuple(self.betas)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         self.milestones = tuple(self.milestones)
         if self.schedule == "multistep" and (not self.milestones or any(
                 isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.milestones)):

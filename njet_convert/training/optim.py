@@ -59,11 +59,14 @@ def _group_of(module: nn.Module, pname: str, param: nn.Parameter) -> str:
     return "decay"
 
 
-def build_optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.SGD:
-    """SGD with momentum over :func:`param_groups` (L2 as SGD's ``weight_decay``, per group)."""
+def build_optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's classification runs) or Adam (its U-Net runs) over :func:`param_groups`,
+    L2 as the optimiser's per-group ``weight_decay``."""
     groups = param_groups(model, config)
     if not groups:
         raise ValueError("model has no trainable parameters (all have requires_grad=False)")
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, betas=config.betas)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
 
 
