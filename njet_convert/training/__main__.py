@@ -22,10 +22,8 @@ __all__ = ["load_model_spec", "main"]
 def load_model_spec(spec: str) -> nn.Module:
     """A model from a saved folder (``njet_convert.load``) or ``package.module:callable``."""
     if Path(spec).is_dir():
-        try:
-            from njet_convert.serialization import load
-        except ImportError:
-            raise ValueError(f"cannot load model folder {spec!r}: njet_convert.serialization is missing") from None
+        from njet_convert.serialization import load
+
         return load(spec)
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
