@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 import njet_convert
-from njet_convert.experiments._data import digits_split
+from njet_convert.data.opencv_digits import digits_split
 from njet_convert.models.real_weights import MNIST_MEAN, MNIST_STD, load_mnist_cnn
 from njet_convert.training import FinetuneConfig, finetune
 from njet_layers import NJetConv2d

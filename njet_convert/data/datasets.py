@@ -135,15 +135,14 @@ def _debian_fashion_mnist(split: str, info: DatasetInfo, size: int | None) -> Da
 
 
 def _opencv_digits(split: str, info: DatasetInfo, size: int | None) -> Dataset:
-    from .opencv_digits import load_opencv_digits
+    from .opencv_digits import digits_split
 
     try:
-        images, labels = load_opencv_digits()
+        x_train, y_train, x_test, y_test = digits_split(4000, 1000, seed=0)
     except FileNotFoundError as err:
         raise UserError(f"opencv-digits: {err}") from None
-    perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))
-    idx = perm[:4000] if split == "train" else perm[4000:]
-    return TensorDataset(_normalise(images[idx].unsqueeze(1), info, size), labels[idx])
+    images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
+    return TensorDataset(_normalise(images, info, size), labels)
 
 
 def _torchvision(info: DatasetInfo, split: str, root: Path, size: int | None, download: bool) -> Dataset:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DEFAULT_DIGITS_PATH", "load_opencv_digits"]
+__all__ = ["DEFAULT_DIGITS_PATH", "digits_split", "load_opencv_digits"]
 
 DEFAULT_DIGITS_PATH = Path(os.environ.get("NJET_OPENCV_DIGITS", "/usr/share/doc/opencv-doc/examples/data/digits.png"))
 
@@ -38,3 +38,14 @@ def load_opencv_digits(path: str | Path | None = None, pad_to: int = 28) -> tupl
     pad = pad_to - 20
     images = F.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
     return images, torch.from_numpy(labels.astype(np.int64))
+
+
+def digits_split(n_train: int = 4000, n_test: int = 1000, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x_train, y_train, x_test, y_test)`` with images ``[N, 1, 28, 28]``; disjoint, fixed by ``seed`` (the split
+    every digit experiment, benchmark and the ``opencv-digits`` dataset use)."""
+    images, labels = load_opencv_digits()
+    if n_train < 1 or n_test < 1 or n_train + n_test > images.shape[0]:
+        raise ValueError(f"n_train + n_test must be in 2..{images.shape[0]}, got {n_train} + {n_test}")
+    perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    tr, te = perm[:n_train], perm[n_train : n_train + n_test]
+    return images[tr, None], labels[tr], images[te, None], labels[te]
