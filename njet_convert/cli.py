@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text
 from .errors import UserError
 
 __all__ = ["ModelSpec", "build_parser", "main", "resolve_model"]
@@ -487,23 +488,11 @@ def _write_outputs(run: _Run, njet_model: Any, report: Any) -> None:
     assert run.out is not None
     try:
         njet_convert.save(njet_model, run.out)
-        _atomic_text(run.out / "report.md", report.to_markdown() + "\n")
-        _atomic_text(run.out / "report.json", report.to_json() + "\n")
+        atomic_write_text(run.out / "report.md", report.to_markdown() + "\n")
+        atomic_write_text(run.out / "report.json", report.to_json() + "\n")
     except OSError as err:
         raise UserError(f"cannot write to output directory {str(run.out)!r}: {err.strerror or err}") from None
     run.result["files"] = sorted(p.name for p in run.out.iterdir() if not p.name.startswith("."))
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _export(run: _Run, njet_model: Any, example: Any) -> None:

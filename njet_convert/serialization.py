@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from njet_layers import SafeSubsample
 
+from .atomic import atomic_write, atomic_write_text
 from .config import ConvertConfig
 from .converter import FORMAT, resolve_source, rewrite
 from .report import ConversionReport
@@ -45,8 +45,8 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
     resolve_source(model)
     record = _current_record(model, model.njet_conversion)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
-    _atomic(out / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write_text(out / CONFIG_FILE, json.dumps(record, indent=2))
     return out
 
 
@@ -66,17 +66,6 @@ def _current_record(model: nn.Module, record: dict) -> dict:
             sub["source"] = names.get(id(mod.source)) if mod.source is not None else None
     record["training"] = bool(model.training)
     return record
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load(directory: str | os.PathLike) -> nn.Module:

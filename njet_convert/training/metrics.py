@@ -11,12 +11,13 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ..atomic import atomic_write_text
 
 __all__ = ["MetricsWriter", "RunningMean", "top1_correct"]
 
@@ -60,7 +61,7 @@ class MetricsWriter:
             rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
             if resume_step is not None:
                 rows = [r for r in rows if r.get("global_step", 0) <= resume_step]
-                _atomic_write(self.jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+                atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in rows))
             else:
                 self.jsonl.unlink()
                 rows = []
@@ -97,15 +98,9 @@ class MetricsWriter:
         writer = csv.DictWriter(buf, fieldnames=columns)
         writer.writeheader()
         writer.writerows(epochs)
-        _atomic_write(self.dir / "metrics.csv", buf.getvalue())
+        atomic_write_text(self.dir / "metrics.csv", buf.getvalue())
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
