@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample
 
 from .config import ConvertConfig
+from .errors import first_line
 from .report import ConversionReport
 from .surgery import (
     FunctionalPools,
@@ -174,7 +175,7 @@ class CheckedCalibration:
             with torch.no_grad():
                 self.model(batch[:1])
         except RuntimeError as err:
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            message = first_line(err)
             raise ValueError(f"calibration batch of shape {tuple(batch.shape)} does not fit the model: "
                              f"{message[:200]}") from None
         finally:

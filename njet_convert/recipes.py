@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 __all__ = ["ConvertSection", "DataSection", "ModelSection", "Recipe", "TrainSection", "find_recipe", "list_recipes",
            "load_recipe", "parse_recipe", "recipe_dirs"]
@@ -167,7 +167,7 @@ def load_recipe(spec: str | os.PathLike) -> Recipe:
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read recipe {str(path)!r}: {err}") from None
     except yaml.YAMLError as err:
-        raise UserError(f"recipe {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise UserError(f"recipe {str(path)!r} is not valid YAML: {first_line(err)}") from None
     recipe = parse_recipe(data, where=str(path))
     recipe.path = str(path)
     return recipe

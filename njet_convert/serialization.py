@@ -23,6 +23,7 @@ from njet_layers import SafeSubsample
 from .atomic import atomic_write, atomic_write_text
 from .config import ConvertConfig
 from .converter import FORMAT, resolve_source, rewrite
+from .errors import first_line
 from .report import ConversionReport
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "build_architecture", "load", "save"]
@@ -97,7 +98,7 @@ def load(directory: str | os.PathLike) -> nn.Module:
     try:
         out.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{weights}: weights do not fit the rebuilt model: {str(err).splitlines()[0]}") from None
+        raise ValueError(f"{weights}: weights do not fit the rebuilt model: {first_line(err)}") from None
     out.njet_conversion = record
     out.source_architecture = source["name"]
     return out

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import first_line
+
 __all__ = ["main"]
 
 
@@ -67,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             opset=args.opset, verify=not args.no_verify, exporter=args.exporter, form=args.form,
         )
     except (ValueError, ImportError, OSError) as err:
-        print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
     print(result.freeze_report.table())
     for label, err in result.checks.items():

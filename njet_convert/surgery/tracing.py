@@ -11,6 +11,8 @@ from torch import fx, nn
 
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample
 
+from ..errors import first_line
+
 __all__ = ["ConvertTracer", "leaf_types", "trace"]
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -50,7 +52,7 @@ def trace(model: nn.Module) -> tuple[fx.GraphModule | None, str]:
     try:
         graph = tracer.trace(model)
     except Exception as err:
-        return None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
+        return None, f"{type(err).__name__}: {first_line(err)}"[:200]
     name = model.__class__.__name__
     gm = fx.GraphModule(tracer.root, graph, name)
     gm.training = model.training

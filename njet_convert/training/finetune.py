@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from njet_layers import SafeSubsample
 
+from ..errors import first_line
 from .checkpoint import CHECKPOINT_NAME, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import DistillConfig, FinetuneConfig
 from .data import EpochLoader, split_batch
@@ -262,7 +263,7 @@ class _Trainer:
                 self.model.eval()(x)
         except RuntimeError as exc:
             raise ValueError(f"the model cannot run on the training data's inputs of shape {tuple(x.shape)}: "
-                             f"{str(exc).splitlines()[0]}") from None
+                             f"{first_line(exc)}") from None
         finally:
             self.model.train(mode)
 
