@@ -1,7 +1,9 @@
 """njet_convert: model surgery that turns pretrained CNNs into N-Jet networks, fine-tunes and exports them.
 
-Public API (DESIGN §4): ``convert``, ``freeze``, ``export_onnx``, ``finetune``, ``save``, ``load``. Importing the
-package also registers the paper's model zoo in timm's registry (``timm.create_model("resnet32")``).
+Public API (docs/design.md, "Public API"): ``convert``, ``freeze``, ``export_onnx``, ``finetune``, ``save``,
+``load``. Importing the package is cheap: it imports none of torch, torchvision or timm. It installs an import hook
+(:mod:`njet_convert._import_hooks`) so that torchvision, whenever it is imported, goes through the import guard,
+and timm, whenever it is imported, has the paper's model zoo registered (``timm.create_model("resnet32")``).
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._torchvision_guard import ensure_torchvision
+from . import _import_hooks
 
-ensure_torchvision()  # before anything imports timm or torchvision
+_import_hooks.install()  # before anything imports timm or torchvision
 
 # Public names -> the module that defines them; imported on first use to keep `import njet_convert` light.
 _PUBLIC = {
@@ -36,6 +38,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-from . import models as _models  # noqa: E402,F401  (registers the model zoo with timm)

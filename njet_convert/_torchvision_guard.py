@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import re
 import sys
+from typing import Any
 
-import torch
-
-__all__ = ["ensure_torchvision", "guard_was_needed"]
+__all__ = ["SCHEMAS", "declare", "ensure_torchvision", "guard_was_needed", "missing_operator"]
 
 # Schemas of the operators torchvision registers fake kernels for whether or not its extension loaded.
-_SCHEMAS = {
+SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
 }
 _MISSING = re.compile(r"operator torchvision::(\w+) does not exist")
-_declared: list[torch.library.Library] = []  # keeps the schema registrations alive
+_declared: list[Any] = []  # the torch.library.Library objects: keep the schema registrations alive
 
 
 def guard_was_needed() -> bool:
@@ -31,25 +30,34 @@ def guard_was_needed() -> bool:
 
 def ensure_torchvision() -> None:
     """Import torchvision, declaring missing operator schemas first if (and only if) the import needs them."""
-    for _ in range(len(_SCHEMAS) + 1):
+    for _ in range(len(SCHEMAS) + 1):
         try:
             import torchvision  # noqa: F401
         except ImportError:
             return  # not installed: callers that need it raise their own error
         except RuntimeError as err:
-            missing = _MISSING.search(str(err))
-            if missing is None or missing.group(1) not in _SCHEMAS:
+            missing = missing_operator(err)
+            if missing is None:
                 raise
             _forget_partial_import()
-            _declare(missing.group(1))
+            declare(missing)
         else:
             return
     raise RuntimeError("torchvision could not be imported even after declaring its operator schemas")
 
 
-def _declare(name: str) -> None:
+def missing_operator(err: BaseException) -> str | None:
+    """The torchvision operator whose absence ``err`` reports, when it is one the guard can declare."""
+    missing = _MISSING.search(str(err))
+    return missing.group(1) if missing is not None and missing.group(1) in SCHEMAS else None
+
+
+def declare(name: str) -> None:
+    """Declare the schema of torchvision operator ``name`` (once)."""
+    import torch
+
     lib = torch.library.Library("torchvision", "FRAGMENT")
-    lib.define(_SCHEMAS[name])
+    lib.define(SCHEMAS[name])
     _declared.append(lib)
 
 

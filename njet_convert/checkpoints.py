@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 __all__ = ["LoadResult", "is_offline_error", "load_checkpoint", "network_available", "pretrained_or_exit",
            "read_state_dict"]
@@ -69,7 +69,8 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"cannot read checkpoint {str(path)!r}: not a valid safetensors file ({_short(err)})") from None
+        raise UserError(f"cannot read checkpoint {str(path)!r}: not a valid safetensors file "
+                        f"({first_line(err, limit=160)})") from None
 
 
 def _read_torch(path: Path) -> object:
@@ -81,12 +82,8 @@ def _read_torch(path: Path) -> object:
                             "save its state_dict() (or convert it to .safetensors)") from None
         raise UserError(f"cannot read checkpoint {str(path)!r}: corrupt or not a PyTorch file") from None
     except Exception as err:  # the unpickler fails in many ways on damaged files (IndexError, KeyError, ...)
-        raise UserError(f"cannot read {str(path)!r}: corrupt or not a PyTorch checkpoint ({_short(err)})") from None
-
-
-def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text.split(". ")[0][:160]
+        raise UserError(f"cannot read {str(path)!r}: corrupt or not a PyTorch checkpoint "
+                        f"({first_line(err, limit=160)})") from None
 
 
 def _unwrap(raw: object, path: Path) -> dict[str, Tensor]:

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
-from .errors import UserError
+from .errors import UserError, first_line
+from .record import Architecture, find_architecture, import_callable, torchvision_names
 
 __all__ = ["ModelSpec", "build_parser", "main", "resolve_model"]
 
@@ -134,44 +134,34 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class ModelSpec:
-    """A resolved MODEL: how to build it, how :func:`njet_convert.load` rebuilds it, and its recipe if any."""
+    """A resolved MODEL: its architecture (what :func:`njet_convert.load` rebuilds) and its recipe if any."""
 
-    kind: str  # "timm", "torchvision" or "callable"
-    name: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    arch: Architecture
     recipe: Any = None
     input_size: tuple[int, int, int] | None = None
 
     @property
+    def name(self) -> str:
+        return self.arch.builder
+
+    @property
     def source(self) -> dict[str, Any]:
-        prefix = {"timm": "timm:", "torchvision": "torchvision:", "callable": ""}[self.kind]
-        return {"name": prefix + self.name, "kwargs": dict(self.kwargs)}
+        return self.arch.to_json()
 
     def build(self, pretrained: bool) -> Any:
-        """The network (hub weights when ``pretrained``); UserError for what the user can fix."""
-        if self.kind == "timm":
-            import timm
+        """The network (hub weights when ``pretrained``); UserError for what the user can fix. The user named this
+        MODEL on the command line, so a ``module:callable`` is trusted."""
+        def make() -> Any:
+            return self.arch.build(pretrained=pretrained, trust_code=True)
 
-            def make() -> Any:
-                return timm.create_model(self.name, pretrained=pretrained, **self.kwargs)
-        elif self.kind == "torchvision":
-            import torchvision
-
-            def make() -> Any:
-                return torchvision.models.get_model(self.name, weights="DEFAULT" if pretrained else None, **self.kwargs)
-        else:
-            if pretrained:
-                raise UserError(f"--pretrained works for timm and torchvision names, not {self.name!r}; "
-                                "use --checkpoint PATH")
-            fn = _import_callable(self.name)
-
-            def make() -> Any:
-                return fn(**self.kwargs)
         if not pretrained:
             return _api(make, f"building {self.name}")
+        if self.arch.kind == "code":
+            raise UserError(f"--pretrained works for timm and torchvision names, not {self.name!r}; "
+                            "use --checkpoint PATH")
         from .checkpoints import pretrained_or_exit
 
-        host = "huggingface.co" if self.kind == "timm" else "download.pytorch.org"
+        host = "huggingface.co" if self.arch.kind == "timm" else "download.pytorch.org"
         return _api(lambda: pretrained_or_exit(make, self.name, host), f"--pretrained {self.name}")
 
 
@@ -182,38 +172,11 @@ def _api(fn: Callable[[], Any], what: str) -> Any:
     except UserError:
         raise
     except (ValueError, TypeError) as err:
-        raise UserError(f"{what}: {_one_line(err)}") from None
+        raise UserError(f"{what}: {first_line(err)}") from None
     except RuntimeError as err:
         if "pretrained" in str(err).lower() and "weights" in str(err).lower():
-            raise UserError(f"{what}: {_one_line(err)}; use --checkpoint PATH") from None
+            raise UserError(f"{what}: {first_line(err)}; use --checkpoint PATH") from None
         raise
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) < 400 else text[:397] + "..."
-
-
-def _import_callable(spec: str) -> Callable[..., Any]:
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise UserError(f"cannot import {module_name!r} for MODEL {spec!r}: {_one_line(err)}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise UserError(f"MODEL {spec!r}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise UserError(f"MODEL {spec!r} is not callable")
-    return obj
-
-
-def _torchvision_names() -> list[str]:
-    import torchvision
-
-    return list(torchvision.models.list_models())
 
 
 def resolve_model(name: str, num_classes: int | None = None) -> ModelSpec:
@@ -224,45 +187,35 @@ def resolve_model(name: str, num_classes: int | None = None) -> ModelSpec:
     if name.endswith((".yaml", ".yml")) or find_recipe(name) is not None:
         recipe = load_recipe(name)
         spec = _resolve_plain(recipe.model.name)
-        spec.kwargs.update(recipe.model.kwargs)
-        spec.recipe = recipe
-        spec.input_size = tuple(recipe.model.input_size) if recipe.model.input_size else None  # type: ignore[assignment]
+        if spec is None:
+            raise UserError(f"recipe {name!r} names an unknown model {recipe.model.name!r}")
+        spec = ModelSpec(Architecture(spec.arch.name, {**spec.arch.kwargs, **recipe.model.kwargs}), recipe,
+                         tuple(recipe.model.input_size) if recipe.model.input_size else None)  # type: ignore[arg-type]
     else:
         spec = _resolve_plain(name)
         if spec is None:
             import timm
 
-            pool = list(dict.fromkeys(recipe_names() + timm.list_models() + _torchvision_names()))
+            pool = list(dict.fromkeys(recipe_names() + timm.list_models() + torchvision_names()))
             close = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else "; see --list-recipes, timm.list_models()"
             raise UserError(f"unknown model {name!r}{hint}")
-    if spec is None:
-        raise UserError(f"recipe {name!r} names an unknown model {recipe.model.name!r}")  # type: ignore[union-attr]
     if num_classes is not None:
-        spec.kwargs["num_classes"] = num_classes
+        spec = ModelSpec(Architecture(spec.arch.name, {**spec.arch.kwargs, "num_classes": num_classes}),
+                         spec.recipe, spec.input_size)
     return spec
 
 
 def _resolve_plain(name: str) -> ModelSpec | None:
-    import timm
-
-    if name.startswith("tv:") or name.startswith("torchvision:"):
-        plain = name.split(":", 1)[1]
-        if plain not in _torchvision_names():
-            close = difflib.get_close_matches(plain, _torchvision_names(), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UserError(f"unknown torchvision model {plain!r}{hint}")
-        return ModelSpec("torchvision", plain)
-    if name.startswith("timm:"):
-        name = name[5:]
-    if timm.is_model(name):
-        return ModelSpec("timm", name)
-    if name in _torchvision_names():
-        return ModelSpec("torchvision", name)
-    if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", name):
-        _import_callable(name)
-        return ModelSpec("callable", name)
-    return None
+    arch = find_architecture(name)
+    prefix, _, plain = name.partition(":")
+    if arch is None and prefix in ("tv", "torchvision"):
+        close = difflib.get_close_matches(plain, torchvision_names(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"unknown torchvision model {plain!r}{hint}")
+    if arch is not None and arch.kind == "code":
+        import_callable(name)  # fails now, in one line, when it does not exist
+    return ModelSpec(arch) if arch is not None else None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -283,14 +236,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
     except UserError as err:
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{PROG}: error: {first_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
         log = _write_traceback()
-        print(f"{PROG}: internal error: {type(err).__name__}: {_one_line(err)} — the traceback is in {log}; "
+        print(f"{PROG}: internal error: {type(err).__name__}: {first_line(err)} — the traceback is in {log}; "
               f"please report it at {ISSUES}", file=sys.stderr)
         return 1
 
@@ -365,12 +318,15 @@ def _safe(name: str) -> str:
 
 
 def _prepare_out(path: str) -> Path:
+    """The output folder, checked before any work: replaceable (absent, empty or written by njet) and its parent
+    writable (the run writes into a temporary sibling folder and swaps it in at the end)."""
+    from .serialization import check_replaceable
+
     out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {path!r} exists and is not a directory")
+    check_replaceable(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.write-test-"):
             pass
     except OSError as err:
         raise UserError(f"cannot write to output directory {path!r}: {err.strerror or err}") from None
@@ -409,17 +365,13 @@ def _convert(run: _Run) -> str:
     njet_model, report = _api(lambda: njet_convert.convert(model, order=args.order, k=args.k, subsample=args.subsample,
                                                            calibration=calibration, source=spec.source, **options),
                               "convert")
-    njet_model.njet_conversion["input_size"] = list(input_size)  # for exporting the saved folder later
     example = torch.randn(2, *input_size, device=device)
     text = report.to_markdown()
     run.result.update(model=args.model, source=spec.source, recipe=getattr(spec.recipe, "name", None),
                       weights=weights, device=device, input_size=list(input_size), dry_run=args.dry_run,
                       out=str(run.out) if run.out else None, report=report.to_dict())
     if not args.dry_run:
-        _finetune(run, njet_model, model)
-        _write_outputs(run, njet_model, report)
-        if args.export_onnx:
-            _export(run, njet_model.eval(), example)
+        _write_run(run, njet_model, model, report, example)
     run.result["seconds"] = round(time.perf_counter() - start, 2)
     run.result["summary"] = _summary(run, report)
     return text
@@ -457,7 +409,7 @@ def _calibration(run: _Run, input_size: tuple[int, int, int]) -> Any:
                               data_dir=run.args.data_dir)
 
 
-def _finetune(run: _Run, njet_model: Any, original: Any) -> None:
+def _finetune(run: _Run, njet_model: Any, original: Any, stage: Path) -> None:
     args = run.args
     if not getattr(args, "finetune", None):
         return
@@ -466,7 +418,7 @@ def _finetune(run: _Run, njet_model: Any, original: Any) -> None:
         raise UserError("--finetune: the fine-tuning module is not installed in this build")
     if args.data_dir:
         os.environ.setdefault("NJET_DATA", str(args.data_dir))
-    result = _api(lambda: module.run_training(args, njet_model, original, run.out), "fine-tuning")
+    result = _api(lambda: module.run_training(args, njet_model, original, stage), "fine-tuning")
     if result is not None:
         run.result["finetune"] = _jsonable(result)
 
@@ -482,27 +434,60 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _write_outputs(run: _Run, njet_model: Any, report: Any) -> None:
-    import njet_convert
+def _write_run(run: _Run, njet_model: Any, original: Any, report: Any, example: Any) -> None:
+    """Every output of the run (fine-tuning files, weights, config, reports, ONNX, manifest) goes into a temporary
+    sibling of ``--out`` that replaces it whole at the end: on any failure ``--out`` keeps its previous result."""
+    from .atomic import replace_folder
+    from .serialization import write_manifest
 
     assert run.out is not None
+
+    def keep(folder: Path) -> bool:  # an unfinished fine-tune's checkpoint stays resumable
+        if not (folder / "checkpoint.pt").is_file():
+            return False
+        run.log(f"note: {run.out} is unchanged; the unfinished run's checkpoint is in {folder}/checkpoint.pt "
+                f"(continue with --resume {folder})")
+        return True
+
     try:
-        njet_convert.save(njet_model, run.out)
-        atomic_write_text(run.out / "report.md", report.to_markdown() + "\n")
-        atomic_write_text(run.out / "report.json", report.to_json() + "\n")
-    except OSError as err:
-        raise UserError(f"cannot write to output directory {str(run.out)!r}: {err.strerror or err}") from None
+        with replace_folder(run.out, keep_on_error=keep) as stage:
+            _finetune(run, njet_model, original, stage)
+            _write_outputs(run, njet_model, report, stage)
+            if run.args.export_onnx:
+                _export(run, njet_model.eval(), example, stage)
+            _writing(stage, lambda: write_manifest(stage))
+    except OSError as err:  # the final swap
+        raise UserError(f"cannot replace output directory {str(run.out)!r}: {err.strerror or err}") from None
     run.result["files"] = sorted(p.name for p in run.out.iterdir() if not p.name.startswith("."))
 
 
-def _export(run: _Run, njet_model: Any, example: Any) -> None:
+def _writing(stage: Path, write: Callable[[], Any]) -> None:
+    try:
+        write()
+    except OSError as err:
+        raise UserError(f"cannot write to output directory {str(stage.parent)!r}: {err.strerror or err}; its "
+                        "previous contents are unchanged") from None
+
+
+def _write_outputs(run: _Run, njet_model: Any, report: Any, stage: Path) -> None:
+    from .serialization import write_model
+
+    def write() -> None:
+        write_model(njet_model, stage)
+        (stage / "report.md").write_text(report.to_markdown() + "\n")
+        (stage / "report.json").write_text(report.to_json() + "\n")
+
+    _writing(stage, write)
+
+
+def _export(run: _Run, njet_model: Any, example: Any, stage: Path) -> None:
     import njet_convert
 
-    assert run.out is not None
     run.log("exporting ONNX and checking it against onnxruntime ...")
-    result = _api(lambda: njet_convert.export_onnx(njet_model, run.out / "model.onnx", example, verify=True),
+    result = _api(lambda: njet_convert.export_onnx(njet_model, stage / "model.onnx", example, verify=True),
                   "--export-onnx")
     checks = getattr(result, "checks", {})
+    assert run.out is not None
     run.result["onnx"] = {"path": str(run.out / "model.onnx"), "max_relative_error": max(checks.values(), default=None)}
 
 

@@ -1,6 +1,7 @@
-"""``convert``: one entry point that turns a pretrained CNN into an N-Jet network (DESIGN §4), modelled on torchao's
-``quantize_`` (options or a typed :class:`~njet_convert.config.ConvertConfig`) and on Brevitas' module-to-module
-transforms (a chain of small ``apply(model) -> model`` steps, see :mod:`njet_convert.surgery.transforms`).
+"""``convert``: one entry point that turns a pretrained CNN into an N-Jet network (docs/design.md, "Public API"),
+modelled on torchao's ``quantize_`` (options or a typed :class:`~njet_convert.config.ConvertConfig`) and on
+Brevitas' module-to-module transforms (a chain of small ``apply(model) -> model`` steps, see
+:mod:`njet_convert.surgery.transforms`).
 
 The input is never modified: the surgery runs on a deep copy. When the model traces with torch.fx (timm's leaf
 lists; convs, pools and N-Jet modules kept whole) the result is a ``torch.fx.GraphModule`` whose modules keep their
@@ -9,18 +10,15 @@ names such as ``layer2.0.conv2_subsample``); otherwise the deep copy itself with
 A GraphModule runs the forward as traced: Python control flow on ``self.training`` is fixed to the mode the model
 had at conversion (modules such as dropout and batch norm still follow ``.train()`` / ``.eval()``).
 
-The returned model carries what :func:`njet_convert.save` needs:
-
-- ``model.njet_conversion``: a JSON-friendly dict (format, source architecture, options, the selected module names,
-  per-layer σ and filter size, each SafeSubsample's source, stride, r and rounding, the MatchSize modules);
-- ``model.conversion_report``: the :class:`~njet_convert.report.ConversionReport`;
-- ``model.source_architecture``: ``"timm:<name>"``, ``"torchvision:<name>"`` or ``"module:callable"``.
+The returned model carries what :func:`njet_convert.save` needs in one attribute, ``model.njet_record`` (a
+:class:`~njet_convert.record.ConversionRecord`: source architecture, options, selected modules, per-layer σ and
+filter size, subsampling links), and the :class:`~njet_convert.report.ConversionReport` as
+``model.conversion_report``.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -32,6 +30,7 @@ from njet_layers import MatchSize, NJetConv2d, SafeSubsample
 
 from .config import ConvertConfig
 from .errors import first_line
+from .record import ATTR, ConversionRecord, LayerEntry, SubsampleEntry, architecture_of, original_shapes
 from .report import ConversionReport
 from .surgery import (
     FunctionalPools,
@@ -48,21 +47,29 @@ from .surgery import (
     trace,
 )
 
-__all__ = ["FORMAT", "CheckedCalibration", "checked_calibration", "convert", "original_shapes", "resolve_source",
-           "rewrite", "source_of"]
+__all__ = ["CheckedCalibration", "checked_calibration", "convert", "rewrite"]
 
-FORMAT = "njet-converted/1"
 _CARRY_ATTRS = ("pretrained_cfg", "default_cfg", "num_classes", "num_features", "feature_info", "head_hidden_size")
+
+
+class _Default:
+    """Marks a keyword argument of :func:`convert` that the caller did not give."""
+
+    def __repr__(self) -> str:
+        return "<ConvertConfig's value>"
+
+
+_DEFAULT: Any = _Default()
 
 
 def convert(
     model: nn.Module,
-    order: int = 3,
-    k: float = 2.0,
+    order: int = _DEFAULT,
+    k: float = _DEFAULT,
     calibration: Tensor | Iterable | None = None,
-    subsample: str = "safe",
-    include: Any = None,
-    exclude: Any = None,
+    subsample: str = _DEFAULT,
+    include: Any = _DEFAULT,
+    exclude: Any = _DEFAULT,
     *,
     config: ConvertConfig | None = None,
     source: str | Mapping[str, Any] | None = None,
@@ -72,10 +79,12 @@ def convert(
 
     Args:
         model: any ``nn.Module`` CNN (timm, torchvision, custom). Not modified.
-        order, k, subsample, include, exclude: see :class:`~njet_convert.config.ConvertConfig`.
+        order, k, subsample, include, exclude: see :class:`~njet_convert.config.ConvertConfig` (its defaults:
+            order 3, k 2, ``"safe"``, all, none).
         calibration: unlabeled inputs for the data-aware fit: a float tensor ``[N, C, H, W]`` or an iterable of
             batches (tensors or ``(tensor, label)`` tuples). ``None``: plain least-squares fits.
-        config: a :class:`ConvertConfig`; keyword arguments given explicitly override its fields.
+        config: a :class:`ConvertConfig`. One rule: every argument given explicitly (these and ``**options``)
+            wins over the config's field, even when it equals the default; the others come from ``config``.
         source: the architecture for :func:`njet_convert.load`: ``"timm:<name>"``, ``"torchvision:<name>"``,
             ``"package.module:callable"`` or ``{"name": ..., "kwargs": {...}}``; default: detected for timm models,
             else the model's class as ``module:Class`` (no arguments).
@@ -95,13 +104,8 @@ def convert(
     finalize_subsampling(out, state.strides)
     _finish_report(out, state, report)
     report.seconds = time.perf_counter() - start
-    src = source_of(model, source, resolve=False)
-    if source is None and type(model).__module__.startswith("torchvision.models"):
-        src["deferred"] = True  # the builder is looked up by save() (resolve_source)
-        out.njet_original_shapes = original_shapes(model)
-    out.njet_conversion = _record(out, state, src)
+    setattr(out, ATTR, _record(out, model, state, source))
     out.conversion_report = report
-    out.source_architecture = out.njet_conversion["source"]["name"]
     return out, report
 
 
@@ -109,8 +113,7 @@ def _config(config, order, k, subsample, include, exclude, options) -> ConvertCo
     if config is not None and not isinstance(config, ConvertConfig):
         raise ValueError(f"config must be a ConvertConfig, got {type(config).__name__}")
     explicit = {"order": order, "k": k, "subsample": subsample, "include": include, "exclude": exclude}
-    defaults = {"order": 3, "k": 2.0, "subsample": "safe", "include": None, "exclude": None}
-    overrides = {n: v for n, v in explicit.items() if config is None or (v is not defaults[n] and v != defaults[n])}
+    overrides = {n: v for n, v in explicit.items() if v is not _DEFAULT}
     overrides.update(options)
     return (config or ConvertConfig()).with_overrides(**overrides)
 
@@ -261,109 +264,29 @@ def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def source_of(model: nn.Module, source: str | Mapping[str, Any] | None = None, resolve: bool = True) -> dict[str, Any]:
-    """``{"name": ..., "kwargs": {...}}`` describing how to rebuild ``model``'s architecture (see ``convert``):
-    timm and zoo models by their timm name, torchvision models by the builder whose architecture has the same
-    state_dict shapes (``resolve=False``: not looked up, only the class), others by their class."""
-    if isinstance(source, Mapping):
-        return {"name": str(source["name"]), "kwargs": dict(source.get("kwargs", {}))}
-    if isinstance(source, str):
-        return {"name": source, "kwargs": {}}
-    if source is not None:
-        raise ValueError(f"source must be a string or a mapping, got {type(source).__name__}")
-    cfg = getattr(model, "pretrained_cfg", None)
-    arch = cfg.get("architecture") if isinstance(cfg, Mapping) else None
-    if arch and _is_timm_model(arch):  # timm's own models and the zoo (registered in timm)
-        kwargs = {}
-        if getattr(model, "num_classes", None) is not None:
-            kwargs["num_classes"] = int(model.num_classes)
-        return {"name": f"timm:{arch}", "kwargs": kwargs}
-    cls = type(model)
-    found = _torchvision_source(model) if resolve and cls.__module__.startswith("torchvision.models") else None
-    return found or {"name": f"{cls.__module__}:{cls.__qualname__}", "kwargs": {}}
-
-
-def resolve_source(model: nn.Module) -> dict[str, Any]:
-    """The source recorded on a converted ``model``, with a torchvision builder looked up now if it was deferred
-    (the lookup builds candidate architectures on the meta device: ~0.1–1 s, so ``convert`` leaves it to ``save``)."""
-    record = model.njet_conversion
-    shapes = getattr(model, "njet_original_shapes", None)
-    if record["source"].get("deferred") and shapes is not None:
-        found = _torchvision_source(None, shapes, record["source"]["name"].partition(":")[0])
-        record["source"] = found or {"name": record["source"]["name"], "kwargs": {}}
-        model.source_architecture = record["source"]["name"]
-    return record["source"]
-
-
-def _is_timm_model(name: str) -> bool:
-    try:
-        import timm
-    except ImportError:
-        return False
-    return bool(timm.is_model(name))
-
-
-_TV_VARIANTS = ({}, {"aux_logits": False}, {"aux_logits": False, "init_weights": False})
-
-
-def original_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    """state_dict key -> shape (what identifies a torchvision architecture)."""
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _torchvision_source(model: nn.Module | None, shapes: dict | None = None,
-                        where: str = "") -> dict[str, Any] | None:
-    """The torchvision builder (and keyword arguments) whose architecture has the same state_dict shapes: the
-    builders defined in the model class's module, built on the meta device (no memory, no download)."""
-    import torchvision
-
-    if model is not None:
-        shapes, where = original_shapes(model), type(model).__module__
-    names = [n for n in torchvision.models.list_models() if torchvision.models.get_model_builder(n).__module__ == where]
-    last = [v for k, v in shapes.items() if k.endswith("weight") and len(v) in (2, 4)]
-    num_classes = last[-1][0] if last else None
-    for classes in ({}, {"num_classes": num_classes}):
-        for extra in _TV_VARIANTS:
-            for name in names:
-                kwargs = {**extra, **classes}
-                if ".segmentation." in where:
-                    kwargs["weights_backbone"] = None
-                if _tv_shapes(torchvision, name, kwargs) == shapes:
-                    return {"name": f"torchvision:{name}", "kwargs": kwargs}
-    return None
-
-
-def _tv_shapes(torchvision, name: str, kwargs: dict) -> dict | None:
-    try:
-        with torch.device("meta"):
-            built = torchvision.models.get_model(name, weights=None, **kwargs)
-    except Exception:  # a builder that rejects these arguments is simply not a match
-        return None
-    return {k: tuple(v.shape) for k, v in built.state_dict().items()}
-
-
-def _record(out: nn.Module, state: SurgeryState, source: dict[str, Any]) -> dict[str, Any]:
+def _record(out: nn.Module, model: nn.Module, state: SurgeryState,
+            source: str | Mapping[str, Any] | None) -> ConversionRecord:
     modules = dict(out.named_modules())
     names = {id(m): n for n, m in modules.items()}
-    layers = {n: {"sigma": float(m.sigma.detach()), "kernel_size": m.kernel_size, "crop": list(m.crop),
-                  "stride": list(m.stride)} for n, m in modules.items() if isinstance(m, NJetConv2d)}
-    subs = {}
-    for n, m in modules.items():
-        if isinstance(m, SafeSubsample):
-            subs[n] = {"source": names.get(id(m.source)) if m.source is not None else None, "r": m.r,
-                       "stride": state.strides.get(n), "rounding": m.rounding, "mode": m.mode}
-    opts = state.cfg.to_dict()
-    return {
-        "format": FORMAT,
-        "source": source,
-        "options": {k: opts[k] for k in ("order", "k", "subsample", "interpolation", "match_size", "learn_sigma")},
-        "selected": sorted(state.selector.accepted),
-        "pairs": dict(state.pairs),
-        "training": bool(out.training),
-        "traced": state.gm is not None,
-        "layers": layers,
-        "subsampling": subs,
-        "match_sizes": [n for n, m in modules.items() if isinstance(m, MatchSize)],
-        "pinned": {n: list(size) for n, size in state.pinned.items()},
-        "sigma_finite": all(math.isfinite(v["sigma"]) for v in layers.values()),
-    }
+    layers = {n: LayerEntry(float(m.sigma.detach()), m.kernel_size, list(m.crop), list(m.stride))
+              for n, m in modules.items() if isinstance(m, NJetConv2d)}
+    subs = {n: SubsampleEntry(names.get(id(m.source)) if m.source is not None else None, m.r, state.strides.get(n),
+                              m.rounding, m.mode) for n, m in modules.items() if isinstance(m, SafeSubsample)}
+    deferred = source is None and type(model).__module__.startswith("torchvision.models")
+    param = next((p for p in out.parameters() if p.is_floating_point()), None)
+    return ConversionRecord(
+        source=architecture_of(model, source, resolve=False),
+        options=ConversionRecord.options_of(state.cfg),
+        selected=sorted(state.selector.accepted),
+        pairs=dict(state.pairs),
+        layers=layers,
+        subsampling=subs,
+        match_sizes=[n for n, m in modules.items() if isinstance(m, MatchSize)],
+        pinned={n: list(size) for n, size in state.pinned.items()},
+        training=bool(out.training),
+        traced=state.gm is not None,
+        input_size=list(state.cfg.input_size) if state.cfg.input_size else None,
+        dtype=str(param.dtype).removeprefix("torch.") if param is not None else "float32",
+        # the torchvision builder is looked up by save() (building candidates costs ~0.1-1 s)
+        deferred_shapes=original_shapes(model) if deferred else None,
+    )

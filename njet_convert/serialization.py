@@ -1,16 +1,20 @@
-"""``save(model, dir)`` / ``load(dir)``: a converted N-Jet network as safetensors weights + a JSON config.
+"""``save(model, dir)`` / ``load(dir)``: a converted N-Jet network as a folder (docs/design.md, "Saved folder").
 
-``config.json`` holds what :func:`njet_convert.convert` recorded on the model (``model.njet_conversion``): the
-source architecture (``timm:<name>``, ``torchvision:<name>``, a name of the zoo, or ``package.module:callable``)
-and its keyword arguments, the conversion options, the converted module names, per-layer σ and filter size, and
-each SafeSubsample's source (by qualified name), stride, r and rounding. ``load`` rebuilds the architecture
-(random init, no download), re-applies the same surgery without fitting (structure only), loads the weights and
-restores the SafeSubsample links and r. Files are written atomically (temporary file + ``os.replace``).
+The folder holds ``model.safetensors`` (the weights), ``config.json`` (the model's
+:class:`~njet_convert.record.ConversionRecord`) and ``manifest.json`` (size and SHA-256 of every file, written
+last). ``save`` writes them into a temporary sibling folder and swaps it in whole (:func:`~njet_convert.atomic.
+replace_folder`): the target holds the complete old model or the complete new one, never a mix. ``load`` checks
+the manifest before reading, so a torn or edited folder is refused in one line.
+
+``load`` rebuilds the architecture (random init, no download), re-applies the same surgery without fitting
+(structure only), loads the weights in the dtype they were saved in and restores the SafeSubsample links and r.
+Registry names (timm, the zoo, torchvision) build without running code from the folder; a
+``package.module:callable`` source imports and runs Python code and needs ``load(dir, trust_code=True)``.
 """
 
 from __future__ import annotations
 
-import importlib
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,153 +22,212 @@ from typing import Any
 
 from torch import nn
 
-from njet_layers import SafeSubsample
+from .atomic import replace_folder
+from .errors import UserError, first_line
+from .record import ATTR, TRUST_HINT, ConversionRecord, record_of, torchvision_builder
 
-from .atomic import atomic_write, atomic_write_text
-from .config import ConvertConfig
-from .converter import FORMAT, resolve_source, rewrite
-from .errors import first_line
-from .report import ConversionReport
-
-__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "build_architecture", "load", "save"]
+__all__ = ["CONFIG_FILE", "MANIFEST_FILE", "WEIGHTS_FILE", "check_replaceable", "current_record", "load", "save",
+           "write_manifest", "write_model"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "njet-manifest/1"
 
 
 def save(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Write ``model`` (returned by ``convert`` or ``load``, possibly fine-tuned) to ``directory``; returns it."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    record = getattr(model, "njet_conversion", None)
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise ValueError("model carries no conversion record (njet_conversion): save models returned by convert()")
-    from safetensors.torch import save_file
+    """Write ``model`` (returned by ``convert`` or ``load``, possibly fine-tuned) to ``directory``; returns it.
 
+    An existing ``directory`` is replaced whole once the new folder is complete; a folder that holds files njet
+    did not write is refused (``ValueError``) rather than replaced.
+    """
+    record = current_record(model)
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    resolve_source(model)
-    record = _current_record(model, model.njet_conversion)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
-    atomic_write_text(out / CONFIG_FILE, json.dumps(record, indent=2))
+    check_replaceable(out)
+    with replace_folder(out) as staging:
+        write_model(model, staging, record)
+        write_manifest(staging)
     return out
 
 
-def _current_record(model: nn.Module, record: dict) -> dict:
-    """The record with σ, r and links as they are now (after fine-tuning σ moved)."""
-    record = json.loads(json.dumps(record))
+def check_replaceable(folder: Path) -> None:
+    """``ValueError`` unless ``folder`` is absent, empty, or a folder njet wrote (it has a config or manifest)."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"output path {str(folder)!r} exists and is not a directory")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not (folder / MANIFEST_FILE).is_file() and not (folder / CONFIG_FILE).is_file():
+            raise UserError(f"output folder {str(folder)!r} holds files njet did not write and would be replaced "
+                            "whole; choose a new or empty folder")
+
+
+def current_record(model: nn.Module) -> ConversionRecord:
+    """``model``'s record with σ, r, links, mode and dtype as they are now (fine-tuning moves σ), and a deferred
+    torchvision builder looked up."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    record = record_of(model)
+    if record is None:
+        raise ValueError(f"model carries no conversion record ({ATTR}): save models returned by convert() or load()")
+    if record.deferred_shapes is not None:
+        where = record.source.name.partition(":")[0]
+        record.source = torchvision_builder(record.deferred_shapes, where) or record.source
+        record.deferred_shapes = None
+    from njet_layers import SafeSubsample
+
     modules = dict(model.named_modules())
     names = {id(m): n for n, m in modules.items()}
-    for name, layer in record["layers"].items():
+    for name, layer in record.layers.items():
         if name in modules:
-            layer["sigma"] = float(modules[name].sigma.detach())
-            layer["kernel_size"] = modules[name].kernel_size
-    for name, sub in record["subsampling"].items():
+            layer.sigma = float(modules[name].sigma.detach())
+            layer.kernel_size = modules[name].kernel_size
+    for name, sub in record.subsampling.items():
         mod = modules.get(name)
         if isinstance(mod, SafeSubsample):
-            sub["r"], sub["rounding"], sub["mode"] = mod.r, mod.rounding, mod.mode
-            sub["source"] = names.get(id(mod.source)) if mod.source is not None else None
-    record["training"] = bool(model.training)
+            sub.r, sub.rounding, sub.mode = mod.r, mod.rounding, mod.mode
+            sub.source = names.get(id(mod.source)) if mod.source is not None else None
+    record.training = bool(model.training)
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is not None:
+        record.dtype = str(param.dtype).removeprefix("torch.")
     return record
 
 
-def load(directory: str | os.PathLike) -> nn.Module:
-    """Rebuild a model written by :func:`save` (no calibration data, no download)."""
+def write_model(model: nn.Module, folder: Path, record: ConversionRecord | None = None) -> None:
+    """Write the weights and ``config.json`` into ``folder`` (a staging folder: no atomicity here)."""
+    from safetensors.torch import save_file
+
+    record = record or current_record(model)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(tensors, str(folder / WEIGHTS_FILE))
+    (folder / CONFIG_FILE).write_text(record.dumps() + "\n")
+
+
+def write_manifest(folder: Path) -> None:
+    """Write ``manifest.json``: size and SHA-256 of every file in ``folder`` (call it last)."""
+    paths = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_FILE and p.name[0] != "."]
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in paths}
+    (folder / MANIFEST_FILE).write_text(json.dumps({"format": MANIFEST_FORMAT, "files": files}, indent=2) + "\n")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load(directory: str | os.PathLike, *, trust_code: bool = False) -> nn.Module:
+    """Rebuild a model written by :func:`save` (no calibration data, no download), in the dtype it was saved in.
+
+    ``trust_code``: allow a ``package.module:callable`` architecture, which imports and runs Python code named by
+    the folder's ``config.json`` — only for folders from a source you trust. Any problem: one-line ``ValueError``.
+    """
     folder = Path(directory)
-    record = _read_record(folder)
+    record = read_record(folder)
+    state = _read_weights(folder)
+    model = _build(record, trust_code)
+    out = _restructure(model, record)
+    try:
+        out.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{folder / WEIGHTS_FILE}: weights do not fit the rebuilt model: {first_line(err)}") from None
+    setattr(out, ATTR, record)
+    return out
+
+
+def read_record(folder: Path) -> ConversionRecord:
+    """The validated record of a saved folder (its manifest checked first)."""
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a directory written by njet_convert.save")
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"{folder}: no {CONFIG_FILE}")
+    _check_manifest(folder)
+    try:
+        return ConversionRecord.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: unreadable ({first_line(err)})") from None
+    except ValueError as err:
+        raise ValueError(f"{path}: {first_line(err)}") from None
+
+
+def _check_manifest(folder: Path) -> None:
+    """Refuse a folder whose weights or config differ from what its manifest lists (a torn or edited folder)."""
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return  # written before manifests existed
+    try:
+        files = json.loads(path.read_text())["files"]
+        listed = {name: files[name]["sha256"] for name in (CONFIG_FILE, WEIGHTS_FILE)}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: damaged manifest ({type(err).__name__}: {first_line(err)})") from None
+    for name, digest in listed.items():
+        if not (folder / name).is_file() or _sha256(folder / name) != digest:
+            raise ValueError(f"{folder}: {name} does not match {MANIFEST_FILE} (a torn or edited folder: save the "
+                             "model again)")
+
+
+def _read_weights(folder: Path) -> dict[str, Any]:
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise ValueError(f"{folder}: no {WEIGHTS_FILE}")
     from safetensors.torch import load_file
 
     try:
-        state = load_file(str(weights))
+        return load_file(str(weights))
     except Exception as err:
         raise ValueError(f"{weights}: unreadable safetensors file ({type(err).__name__})") from None
-    source = record["source"]
-    model = build_architecture(source["name"], source.get("kwargs", {}))
-    opts = record["options"]
-    selected = set(record.get("selected", []))
-    cfg = ConvertConfig(order=opts["order"], k=opts["k"], subsample=opts["subsample"],
-                        interpolation=opts["interpolation"], match_size=opts["match_size"],
-                        learn_sigma=opts["learn_sigma"], fit=False, include=[lambda n, m: n in selected])
-    pairs = record.get("pairs", {})
-    sigma_for = {pairs.get(n, n): v["sigma"] for n, v in record["layers"].items()}
-    model.train(bool(record.get("training", False)))
+
+
+def _build(record: ConversionRecord, trust_code: bool) -> nn.Module:
+    import torch
+
+    arch = record.source
+    if arch.kind == "code" and not trust_code:
+        raise ValueError(f"{CONFIG_FILE} names the architecture {arch.name!r}, Python code that loading would import "
+                         f"and run; {TRUST_HINT}")
+    try:
+        model = arch.build(trust_code=trust_code)
+    except Exception as err:
+        raise ValueError(f"cannot rebuild architecture {arch.name!r} with {dict(arch.kwargs)}: "
+                         f"{type(err).__name__}: {first_line(err)}") from None
+    return model.to(getattr(torch, record.dtype))
+
+
+def _restructure(model: nn.Module, record: ConversionRecord) -> nn.Module:
+    """The surgery ``convert`` did, without fitting: the same modules, σ and subsampling links."""
+    import torch
+
+    from .converter import rewrite
+    from .report import ConversionReport
+
+    selected = set(record.selected)
+    try:
+        cfg = record.convert_config(fit=False, include=[lambda n, m: n in selected])
+    except ValueError as err:
+        raise ValueError(f"{CONFIG_FILE}: {first_line(err)}") from None
+    sigma_for = {record.pairs.get(n, n): v.sigma for n, v in record.layers.items()}
+    model.train(record.training)
     out, _ = rewrite(model, cfg, ConversionReport(options=cfg.to_dict()), sigma_for, check_rules=False,
-                     pinned=record.get("pinned", {}))
+                     pinned=record.pinned)
     _restore_subsampling(out, record)
-    try:
-        out.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{weights}: weights do not fit the rebuilt model: {first_line(err)}") from None
-    out.njet_conversion = record
-    out.source_architecture = source["name"]
-    return out
+    return out.to(getattr(torch, record.dtype))
 
 
-def _read_record(folder: Path) -> dict[str, Any]:
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: not a directory written by njet_convert.save")
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise ValueError(f"{folder}: no {CONFIG_FILE}")
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: corrupt JSON ({err})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an njet conversion config (format {FORMAT!r} expected)")
-    for key in ("source", "options", "layers", "subsampling"):
-        if key not in record:
-            raise ValueError(f"{path}: missing {key!r}")
-    return record
+def _restore_subsampling(model: nn.Module, record: ConversionRecord) -> None:
+    from njet_layers import SafeSubsample
 
-
-def _restore_subsampling(model: nn.Module, record: dict) -> None:
     modules = dict(model.named_modules())
     names = {id(m): n for n, m in modules.items()}
-    for name, sub in record["subsampling"].items():
+    for name, sub in record.subsampling.items():
         mod = modules.get(name)
         if not isinstance(mod, SafeSubsample):
             raise ValueError(f"rebuilt model has no SafeSubsample {name!r}: the architecture does not match")
-        source = sub.get("source")
-        if source is not None:
-            if source not in modules:
-                raise ValueError(f"rebuilt model has no module {source!r} (SafeSubsample source)")
-            if names.get(id(mod.source)) != source:
-                mod.link(modules[source])
-        mod.r, mod.rounding, mod.mode = float(sub["r"]), sub["rounding"], sub["mode"]
+        if sub.source is not None:
+            if sub.source not in modules:
+                raise ValueError(f"rebuilt model has no module {sub.source!r} (SafeSubsample source)")
+            if names.get(id(mod.source)) != sub.source:
+                mod.link(modules[sub.source])
+        mod.r, mod.rounding, mod.mode = sub.r, sub.rounding, sub.mode
 
-
-def build_architecture(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """A randomly initialised model from ``timm:<name>``, ``torchvision:<name>``, ``package.module:callable`` or a
-    bare timm / zoo / torchvision name."""
-    kwargs = dict(kwargs or {})
-    import njet_convert  # noqa: F401  (torchvision guard, zoo registration)
-
-    kind, _, rest = name.partition(":")
-    try:
-        if kind == "timm":
-            import timm
-
-            return timm.create_model(rest, pretrained=False, **kwargs)
-        if kind == "torchvision":
-            import torchvision
-
-            return torchvision.models.get_model(rest, weights=None, **kwargs)
-        if rest:
-            obj: Any = importlib.import_module(kind)
-            for part in rest.split("."):
-                obj = getattr(obj, part)
-            return obj(**kwargs)
-        import timm
-
-        if timm.is_model(name):
-            return timm.create_model(name, pretrained=False, **kwargs)
-        import torchvision
-
-        return torchvision.models.get_model(name, weights=None, **kwargs)
-    except Exception as err:
-        raise ValueError(f"cannot rebuild architecture {name!r} with {kwargs}: {type(err).__name__}: {err}") from None

@@ -97,7 +97,7 @@ def test_resnet32_order3_end_to_end(tmp_path):
     model = njet_convert.load(out).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    assert model.njet_conversion["input_size"] == [3, 32, 32]  # so the folder exports without --input-shape
+    assert model.njet_record.input_size == [3, 32, 32]  # so the folder exports without --input-shape
     from njet_convert.export.__main__ import main as export_main
 
     assert export_main([str(out), "--out", str(out / "model.onnx")]) == 0

@@ -212,7 +212,7 @@ def test_save_load_round_trip(tmp_path) -> None:
     assert out.state_dict().keys() == back.state_dict().keys()
     subs = dict(back.named_modules())["layer2.0.downsample.0_subsample"]
     assert subs.source is back.get_submodule("layer2.0.conv1")
-    assert back.source_architecture == "timm:resnet18"
+    assert back.njet_record.source.name == "timm:resnet18"
 
 
 def test_load_errors(tmp_path) -> None:
@@ -345,10 +345,11 @@ def test_save_load_torchvision_and_zoo(tmp_path) -> None:
         back = load(tmp_path / str(i))
         with torch.no_grad():
             assert torch.equal(out(x), back(x))
-        assert sorted(p.name for p in (tmp_path / str(i)).iterdir()) == ["config.json", "model.safetensors"]
+        assert sorted(p.name for p in (tmp_path / str(i)).iterdir()) == ["config.json", "manifest.json",
+                                                                          "model.safetensors"]
     assert json.loads((tmp_path / "0" / "config.json").read_text())["source"] == {
         "name": "torchvision:mobilenet_v2", "kwargs": {"num_classes": 7}}
-    assert back.source_architecture == "timm:resnet32"
+    assert back.njet_record.source.name == "timm:resnet32"
     frozen = njet_convert.freeze(back)
     with torch.no_grad():
         assert torch.allclose(frozen(x), back(x), rtol=1e-4, atol=1e-4)
@@ -372,8 +373,9 @@ def test_save_is_atomic_and_load_rejects_broken_dirs(tmp_path, monkeypatch) -> N
         save(out, tmp_path / "m")
     monkeypatch.undo()
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == before  # old file intact, no temporary left
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
-    assert load(tmp_path / "m") is not None
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert load(tmp_path / "m", trust_code=True) is not None
     broken = {"no model.safetensors": lambda d: (d / "model.safetensors").unlink(),
               "unreadable": lambda d: (d / "model.safetensors").write_bytes(b"garbage"),
               "missing 'layers'": lambda d: (d / "config.json").write_text('{"format": "njet-converted/1", '
@@ -386,8 +388,9 @@ def test_save_is_atomic_and_load_rejects_broken_dirs(tmp_path, monkeypatch) -> N
         d = tmp_path / f"b{i}"
         save(out, d)
         damage(d)
+        (d / "manifest.json").unlink()  # a folder from before manifests: the checks on each file still hold
         with pytest.raises(ValueError, match=re.escape(match)):
-            load(d)
+            load(d, trust_code=True)
 
 
 class _FlattenHead(nn.Module):
@@ -417,6 +420,6 @@ def test_flatten_head_is_pinned_and_survives_sigma_changes(tmp_path):
                 layer.log_sigma.add_(math.log(1.5))
     assert pinned(x).shape == (2, 10)
     njet_convert.save(pinned, tmp_path / "m")
-    torch.testing.assert_close(njet_convert.load(tmp_path / "m")(x), pinned(x))
+    torch.testing.assert_close(njet_convert.load(tmp_path / "m", trust_code=True)(x), pinned(x))
     with pytest.raises(ValueError, match="input_size"):
         njet_convert.convert(model, input_size=(1, 28))

@@ -118,7 +118,7 @@ def test_fx_graph_module_from_a_conversion(tmp_path) -> None:
     x = _input("resnet", 2, 24, 24)
     result = export_onnx(graph_module, tmp_path / "g.onnx", x)
     assert max(result.checks.values()) <= 1e-4
-    assert result.metadata["njet.source_architecture"] == graph_module.source_architecture != ""
+    assert result.metadata["njet.source_architecture"] == graph_module.njet_record.source.name != ""
     frozen = freeze(graph_module, x)
     assert isinstance(frozen, fx.GraphModule) and njet_modules(frozen) == []
     assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
@@ -261,7 +261,7 @@ def test_cli_exports_a_loaded_model(tmp_path, monkeypatch, capsys) -> None:
     model = nn.Sequential(conv, SafeSubsample(0.9, source=conv), nn.BatchNorm2d(4), nn.ReLU()).eval()
     loaded = []
     fake = types.ModuleType("njet_convert.serialization")
-    fake.load = lambda path: loaded.append(path) or model
+    fake.load = lambda path, trust_code=False: loaded.append(path) or model
     monkeypatch.setitem(sys.modules, "njet_convert.serialization", fake)
     out = tmp_path / "cli.onnx"
     assert main(["saved_dir", "--out", str(out), "--input-shape", "1,3,20,20", "--dynamic-spatial"]) == 0

@@ -20,7 +20,7 @@ from torch import nn
 
 import njet_convert
 from njet_convert.training import DistillConfig, FinetuneConfig, NonFiniteLossError, finetune
-from njet_convert.training.checkpoint import load_checkpoint
+from njet_convert.training.checkpoint import read_checkpoint
 from njet_convert.training.distill import distillation_loss
 from njet_convert.training.optim import build_optimizer, lr_factor, param_groups
 from njet_layers import NJetConv2d
@@ -117,7 +117,7 @@ def test_ddp_two_ranks_loss_down_ranks_equal_one_checkpoint(full_run):
     assert float(r0["c1.log_sigma"].exp()) != init_sigma  # σ was learned
     checkpoints = sorted(p.name for p in out.iterdir() if p.suffix == ".pt" or ".tmp" in p.name)
     assert checkpoints == ["checkpoint.pt"]
-    state = load_checkpoint(out / "checkpoint.pt")
+    state = read_checkpoint(out / "checkpoint.pt")
     assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["epoch"] == 2
     assert _same(state["model"], r0)
     for name in ("metrics.jsonl", "metrics.csv", "sigma.png", "feature_sizes.png", "first_layer_filters.png"):
@@ -135,7 +135,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(full_run, tmp_path)
     assert (dump / "marker").exists(), _finish(proc)
     proc.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to both workers
     output = _finish(proc)
-    state = load_checkpoint(out / "checkpoint.pt")
+    state = read_checkpoint(out / "checkpoint.pt")
     assert state["epoch"] == 0 and 0 < state["step_in_epoch"] < 8, output  # stopped mid-epoch, after a step
     info = json.loads((dump / "result.json").read_text())
     assert info["interrupted"], output
@@ -147,7 +147,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(full_run, tmp_path)
     full = _load(full_dump / "rank0.pt")
     assert _same(_load(resumed / "rank0.pt"), full)
     assert _same(_load(resumed / "rank1.pt"), full)
-    assert load_checkpoint(out / "checkpoint.pt")["global_step"] == 16
+    assert read_checkpoint(out / "checkpoint.pt")["global_step"] == 16
 
 
 class _Tiny(nn.Module):
@@ -182,7 +182,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     model = _Tiny(nan_at=6)
     with pytest.raises(NonFiniteLossError, match=r"NaN/Inf.*epoch 2, step 2.*last good checkpoint"):
         finetune(model, (x, y), epochs=3, config=_cfg(), out_dir=tmp_path, device="cpu")
-    state = load_checkpoint(tmp_path / "checkpoint.pt", _Tiny())
+    state = read_checkpoint(tmp_path / "checkpoint.pt", _Tiny())
     assert state["epoch"] == 1 and state["global_step"] == 4
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not any(".tmp" in p.name for p in tmp_path.iterdir())

@@ -5,7 +5,8 @@ Usage::
     python -m njet_convert.export MODEL_DIR --out model.onnx [--input-shape 1,3,224,224] [--dynamic-spatial]
         [--static-batch] [--opset 17] [--exporter torchscript|dynamo] [--form auto|dense|separable] [--no-verify]
 
-``MODEL_DIR`` is a directory written by ``njet_convert.save`` (read back with ``njet_convert.load``). The input
+``MODEL_DIR`` is a directory written by ``njet_convert.save`` (read back with ``njet_convert.load``; a folder whose
+architecture is a ``package.module:callable`` needs ``--trust-code``, since loading imports and runs it). The input
 shape defaults to the input size ``njet-convert`` recorded, else the model's timm ``pretrained_cfg['input_size']``,
 with batch 1. Prints the per-layer freeze table and the verification figures; bad input exits with code 2 and one line.
 """
@@ -15,11 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import first_line
+from ..record import record_of
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["main"]
 
@@ -35,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
     p.add_argument("--form", choices=("auto", "dense", "separable"), default="auto")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("--trust-code", action="store_true",
+                   help="allow a folder whose architecture is package.module:callable (runs that code)")
     return p
 
 
@@ -48,7 +53,8 @@ def _shape(text: str | None, model: nn.Module) -> tuple[int, ...]:
             raise ValueError(f"--input-shape must be four positive integers N,C,H,W, got {text!r}")
         return shape
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    size = getattr(model, "njet_conversion", {}).get("input_size")  # recorded by njet-convert
+    record = record_of(model)
+    size = record.input_size if record is not None else None  # recorded by convert(input_size=...) / njet-convert
     size = size or (cfg.get("input_size") if isinstance(cfg, dict) else None)
     if not size:
         raise ValueError("--input-shape is required: the saved model does not record its input size")
@@ -57,12 +63,13 @@ def _shape(text: str | None, model: nn.Module) -> tuple[int, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import torch
+
     import njet_convert
     from njet_convert.export import export_onnx
 
     try:
-        loaded = njet_convert.load(args.model_dir)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model = njet_convert.load(args.model_dir, trust_code=args.trust_code)
         example = torch.randn(*_shape(args.input_shape, model), generator=torch.Generator().manual_seed(0))
         result = export_onnx(
             model, args.out, example, dynamic_batch=not args.static_batch, dynamic_spatial=args.dynamic_spatial,

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample
 
+from ..record import record_of
 from .adaptive_pool import MatrixAdaptiveAvgPool2d, needs_matrix_pool
 from .bn_fold import fold_batchnorms
 from .resize import FixedResize, ResizeTo, ScaleResize, StridedSubsample, _nearest_index, _out_size
@@ -191,10 +192,9 @@ def _check_args(model: nn.Module, example_input: Tensor | None, form: str, gain:
 
 
 def _architecture(model: nn.Module, old: object) -> str:
-    for attr in ("source_architecture", "njet_source_architecture"):
-        value = getattr(model, attr, None)
-        if isinstance(value, str) and value:
-            return value
+    record = record_of(model)
+    if record is not None:
+        return record.source.name
     if isinstance(old, FreezeReport) and old.source_architecture:
         return old.source_architecture
     return type(model).__name__

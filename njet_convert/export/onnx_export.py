@@ -31,6 +31,8 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from ..errors import first_line
+from ..record import record_of
 from .freeze import FreezeReport, _leaves, freeze, max_relative_error
 
 __all__ = [
@@ -240,17 +242,18 @@ def _blame(
             kind = type(frozen.get_submodule(name)).__name__
             return OnnxExportError(
                 f"module '{name}' ({kind}) cannot be expressed in ONNX by the {exporter} exporter "
-                f"(opset {opset}): {_first_line(sub)}"
+                f"(opset {opset}): {_exporter_line(sub)}"
             )
-    return OnnxExportError(f"the {exporter} exporter failed on {type(frozen).__name__}: {_first_line(err)}")
+    return OnnxExportError(f"the {exporter} exporter failed on {type(frozen).__name__}: {_exporter_line(err)}")
 
 
-def _first_line(err: Exception) -> str:
+def _exporter_line(err: Exception) -> str:
     """The informative line of an exporter error (the dynamo exporter puts the failing op further down)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    ops = [ln for ln in lines if "aten::" in ln or "aten." in ln or "not supported" in ln.lower()]
-    text = (ops or lines or [type(err).__name__])[0].split("  [Caused by")[0]
-    return text if len(text) <= 300 else text[:297] + "..."
+    return first_line(err, prefer=_names_op).split(" [Caused by")[0]
+
+
+def _names_op(line: str) -> bool:
+    return "aten::" in line or "aten." in line or "not supported" in line.lower()
 
 
 def _check_standard_ops(proto: onnx.ModelProto) -> None:
@@ -299,7 +302,10 @@ def conversion_metadata(
 
 def _conversion_record(model: nn.Module) -> str | None:
     """The conversion report that ``convert`` attached to the model, as JSON, if there is one."""
-    for attr in ("conversion_report", "njet_report", "njet_conversion", "report"):
+    record = record_of(model)
+    if getattr(model, "conversion_report", None) is None and record is not None:
+        return json.dumps(record.to_json())
+    for attr in ("conversion_report", "njet_report", "report"):
         value = getattr(model, attr, None)
         if value is None or isinstance(value, (nn.Module, Tensor)):
             continue

@@ -23,7 +23,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
     "capture_rng_state",
-    "load_checkpoint",
+    "read_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
 ]
@@ -65,7 +65,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp), fsync=True)
 
 
-def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``) and check it fits ``model``.
 
     A folder is read as ``folder/checkpoint.pt``. Raises ``ValueError`` naming the problem when the file is

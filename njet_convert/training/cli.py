@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
-
-from torch import Tensor, nn
-from torch.utils.data import Dataset
-
-from njet_convert.data.datasets import dataset_names, resolve_dataset
+from typing import TYPE_CHECKING, Any
 
 from .config import SCHEDULES, DistillConfig, FinetuneConfig
-from .finetune import FinetuneResult, finetune
+
+if TYPE_CHECKING:  # imported where used: adding the options (``--help``) must not import torch
+    from torch import Tensor, nn
+    from torch.utils.data import Dataset
+
+    from .finetune import FinetuneResult
 
 __all__ = ["add_training_arguments", "config_from_args", "resolve_data", "run_training"]
 
@@ -28,8 +28,9 @@ __all__ = ["add_training_arguments", "config_from_args", "resolve_data", "run_tr
 def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Add the fine-tuning options (``--finetune DATA --epochs E``, ``--distill``, ``--resume``, ...)."""
     g = parser.add_argument_group("fine-tuning")
-    g.add_argument("--finetune", metavar="DATA", help="fine-tune on DATA: " + ", ".join(dataset_names())
-                   + ", or an image folder (class sub-folders, or flat and unlabeled with --distill)")
+    g.add_argument("--finetune", metavar="DATA", help="fine-tune on DATA: a dataset name "
+                   "(njet_convert.data.dataset_names()) or an image folder (class sub-folders, or flat and unlabeled "
+                   "with --distill)")
     g.add_argument("--val", metavar="DATA", help="validation data (default: the test split of a named dataset)")
     g.add_argument("--epochs", type=int, default=1, help="epochs of fine-tuning (default 1)")
     g.add_argument("--distill", action="store_true", help="match the original network's outputs (KL)")
@@ -72,6 +73,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
 
 def resolve_data(spec: str, split: str = "train", image_size: int | None = None) -> Dataset | Tensor:
     """A dataset from a name or a folder; ValueError for an unknown name, missing data or an unreadable folder."""
+    from njet_convert.data.datasets import resolve_dataset
+
     return resolve_dataset(spec, split, image_size=image_size)
 
 
@@ -97,6 +100,8 @@ def run_training(
         val_data = resolve_data(args.val, "test")
     elif val_data is None and args.finetune is not None and not Path(args.finetune).exists():
         val_data = resolve_data(args.finetune, "test")  # a named dataset: its test split
+    from .finetune import finetune
+
     return finetune(model, train_data, val_data, epochs=args.epochs, config=config,
                     teacher=teacher if args.distill else None, out_dir=out_dir, resume=args.resume)
 

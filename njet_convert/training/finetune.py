@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from njet_layers import SafeSubsample
 
 from ..errors import first_line
-from .checkpoint import CHECKPOINT_NAME, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, capture_rng_state, read_checkpoint, restore_rng_state, save_checkpoint
 from .config import DistillConfig, FinetuneConfig
 from .data import EpochLoader, split_batch
 from .distill import distillation_loss, teacher_logits
@@ -103,7 +103,7 @@ def finetune(
         config.distill = DistillConfig()
     if config.distill is not None and teacher is None:
         raise ValueError("config.distill is set but teacher= is None: distillation needs the original network")
-    state = load_checkpoint(resume, model) if resume is not None else None  # validate before touching anything
+    state = read_checkpoint(resume, model) if resume is not None else None  # validate before touching anything
     ctx = setup_distributed(device)
     try:
         return _Trainer(model, train_data, val_data, epochs, config, teacher, out_dir, ctx, loss_fn).run(state)
