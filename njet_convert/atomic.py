@@ -70,11 +70,20 @@ def replace_folder(target: str | os.PathLike, keep_on_error: Callable[[Path], bo
     os.chmod(staging, 0o777 & ~_umask())
     try:
         yield staging
+        _umask_modes(staging)
         swap_folders(staging, target)
     except BaseException:
         if keep_on_error is None or not keep_on_error(staging):
             shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _umask_modes(folder: Path) -> None:
+    """Give every file in ``folder`` the umask's mode (some writers, e.g. safetensors, create private files)."""
+    mode = 0o666 & ~_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
 
 
 def swap_folders(new: Path, target: Path) -> None:

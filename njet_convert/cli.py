@@ -1,4 +1,4 @@
-"""``njet-convert``: convert a CNN into an N-Jet network from the command line (DESIGN §5).
+"""``njet-convert``: convert a CNN into an N-Jet network from the command line (docs/design.md, "Command line").
 
     njet-convert MODEL [--order 3] [--k 2] [--checkpoint PATH | --pretrained] [--out DIR] [--calibrate DATA]
                        [--finetune DATA --epochs E] [--distill] [--export-onnx] [--device auto|cpu|cuda]
@@ -267,6 +267,7 @@ def _main(argv: list[str]) -> int:
         parser.set_defaults(**_recipe_defaults(spec.recipe, parser))
         args = parser.parse_args(argv)
     _fill_defaults(args)
+    _recipe_data(args, spec)
     quiet = args.quiet
 
     def log(msg: str) -> None:
@@ -297,6 +298,18 @@ def _fill_defaults(args: argparse.Namespace) -> None:
         args.finetune = None
 
 
+def _recipe_data(args: argparse.Namespace, spec: ModelSpec) -> None:
+    """``--finetune`` without DATA: the recipe's data section (dataset and image size)."""
+    if getattr(args, "finetune", None) != "":
+        return
+    data = getattr(spec.recipe, "data", None)
+    if data is None:
+        raise UserError("--finetune without DATA needs a recipe with a data section; give --finetune DATA")
+    args.finetune = data.dataset
+    if data.image_size is not None:
+        args.image_size = data.image_size
+
+
 def _recipe_defaults(recipe: Any, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Parser defaults from a recipe: conversion settings, and the training ones the parser has options for."""
     values: dict[str, Any] = {"order": recipe.convert.order, "k": recipe.convert.k,
@@ -307,6 +320,9 @@ def _recipe_defaults(recipe: Any, parser: argparse.ArgumentParser) -> dict[str, 
         for key in ("optimizer", "lr", "alpha_decay", "weight_decay", "batch_size", "epochs", "milestones", "gamma"):
             if key in dests:
                 values[key] = getattr(train, key)
+        values["momentum"] = train.momentum  # no options of their own: read by config_from_args
+        if train.betas is not None:
+            values["betas"] = tuple(train.betas)
         schedule = dests.get("schedule")
         if schedule is not None and (not schedule.choices or train.schedule in schedule.choices):
             values["schedule"] = train.schedule

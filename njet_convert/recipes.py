@@ -52,17 +52,17 @@ class ConvertSection:
 
 @dataclass
 class DataSection:
-    """Training data (a name known to :mod:`njet_convert.data.datasets`), its image size and scale factor."""
+    """Training data: a name known to :mod:`njet_convert.data.datasets` and its image size (``njet-convert RECIPE
+    --finetune`` without DATA fine-tunes on it)."""
 
     dataset: str
     image_size: int | None = None
-    scale: float = 1.0  # resize factor of the images (the paper's MNIST×4 uses 4)
-    num_classes: int | None = None
 
 
 @dataclass
 class TrainSection:
-    """Optimisation of the N-Jet model as the paper trains it."""
+    """Optimisation of the N-Jet model as the paper trains it; ``njet-convert RECIPE --finetune`` uses every field
+    (momentum for SGD, betas for Adam)."""
 
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = 0.1
@@ -75,7 +75,6 @@ class TrainSection:
     schedule: Literal["constant", "step", "multistep", "cosine", "poly"] = "constant"
     milestones: list[int] | None = None
     gamma: float = 0.1
-    class_weights: Literal["none", "inverse_frequency"] = "none"
 
 
 @dataclass

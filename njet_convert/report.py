@@ -1,4 +1,5 @@
-"""ConversionReport: what :func:`njet_convert.convert` did, per layer and per subsampling point (DESIGN §4).
+"""ConversionReport: what :func:`njet_convert.convert` did, per layer and per subsampling point (docs/design.md,
+"Public API").
 
 Renders as a Markdown table (``str(report)``, :meth:`ConversionReport.to_markdown`) and as JSON
 (:meth:`ConversionReport.to_json`, :meth:`ConversionReport.to_dict`).

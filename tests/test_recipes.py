@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import types
+
 import pytest
 import yaml
 
@@ -90,3 +93,33 @@ def test_recipe_training_settings_are_ones_the_trainer_follows(name):
     train = load_recipe(name).train
     assert (config.optimizer, config.schedule, config.lr) == (train.optimizer, train.schedule, train.lr)
     assert config.milestones == tuple(train.milestones or ())
+
+
+@pytest.mark.parametrize(("patch", "key"), [
+    ({"train": {"class_weights": "inverse_frequency"}}, "train.class_weights"),
+    ({"data": {"dataset": "cifar10", "scale": 4.0}}, "data.scale"),
+    ({"data": {"dataset": "cifar10", "num_classes": 10}}, "data.num_classes"),
+])
+def test_keys_nothing_reads_are_rejected(patch, key):
+    with pytest.raises(UserError, match=f"unknown key '{re.escape(key)}'"):
+        parse_recipe({**_minimal(), **patch}, where="t.yaml")
+
+
+def test_recipe_momentum_betas_and_data_reach_the_trainer():
+    from njet_convert.cli import _recipe_data, _recipe_defaults, build_parser
+    from njet_convert.training.cli import config_from_args
+
+    parser = build_parser()
+    recipe = parse_recipe({**_minimal(), "train": {"optimizer": "adam", "momentum": 0.5, "betas": [0.8, 0.99]},
+                           "data": {"dataset": "cifar10", "image_size": 40}})
+    parser.set_defaults(**_recipe_defaults(recipe, parser))
+    args = parser.parse_args(["x", "--finetune"])
+    _recipe_data(args, types.SimpleNamespace(recipe=recipe))
+    config = config_from_args(args)
+    assert (config.momentum, config.betas) == (0.5, (0.8, 0.99))
+    assert (args.finetune, args.image_size) == ("cifar10", 40)
+    args = parser.parse_args(["x", "--finetune", "digits"])
+    _recipe_data(args, types.SimpleNamespace(recipe=recipe))
+    assert args.finetune == "digits"  # an explicit DATA wins
+    with pytest.raises(UserError, match="needs a recipe with a data section"):
+        _recipe_data(parser.parse_args(["x", "--finetune"]), types.SimpleNamespace(recipe=None))

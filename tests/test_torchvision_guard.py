@@ -1,4 +1,5 @@
-"""The torchvision import guard (DESIGN §6): active only when torchvision's compiled extension fails to load."""
+"""The torchvision import guard (docs/design.md, "Import cost"): active only when torchvision's compiled extension
+fails to load."""
 
 import subprocess
 import sys

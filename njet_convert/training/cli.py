@@ -28,9 +28,9 @@ __all__ = ["add_training_arguments", "config_from_args", "resolve_data", "run_tr
 def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Add the fine-tuning options (``--finetune DATA --epochs E``, ``--distill``, ``--resume``, ...)."""
     g = parser.add_argument_group("fine-tuning")
-    g.add_argument("--finetune", metavar="DATA", help="fine-tune on DATA: a dataset name "
+    g.add_argument("--finetune", metavar="DATA", nargs="?", const="", help="fine-tune on DATA: a dataset name "
                    "(njet_convert.data.dataset_names()) or an image folder (class sub-folders, or flat and unlabeled "
-                   "with --distill)")
+                   "with --distill); without DATA after a recipe: the recipe's data")
     g.add_argument("--val", metavar="DATA", help="validation data (default: the test split of a named dataset)")
     g.add_argument("--epochs", type=int, default=1, help="epochs of fine-tuning (default 1)")
     g.add_argument("--distill", action="store_true", help="match the original network's outputs (KL)")
@@ -63,7 +63,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     distill = (DistillConfig(args.distill_temperature, args.distill_label_weight) if args.distill else None)
     return FinetuneConfig(
         optimizer=args.optimizer, lr=args.lr, sigma_lr=args.sigma_lr, alpha_decay=args.alpha_decay,
-        weight_decay=args.weight_decay,
+        weight_decay=args.weight_decay, momentum=getattr(args, "momentum", 0.9),
+        betas=tuple(getattr(args, "betas", None) or (0.9, 0.999)),
         schedule=args.schedule, milestones=tuple(args.milestones or ()), step_gamma=args.gamma,
         warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, workers=args.workers,
         amp=args.amp, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch, distill=distill,
@@ -87,19 +88,20 @@ def run_training(
     ``train_data``/``val_data`` override ``--finetune``/``--val`` (e.g. the calibration set the CLI already has).
     ``teacher`` is required with ``--distill``. Raises ValueError (the CLI turns it into exit code 2).
     """
-    if args.finetune is None and train_data is None:
+    if not args.finetune and train_data is None:
         if args.resume:
             raise ValueError("--resume needs --finetune DATA (the data the run was trained on)")
         return None
     if args.distill and teacher is None:
         raise ValueError("--distill needs the original network as teacher")
     config = config_from_args(args)
+    size = getattr(args, "image_size", None)  # a recipe's data.image_size
     if train_data is None:
-        train_data = resolve_data(args.finetune, "train")
+        train_data = resolve_data(args.finetune, "train", size)
     if val_data is None and args.val is not None:
-        val_data = resolve_data(args.val, "test")
+        val_data = resolve_data(args.val, "test", size)
     elif val_data is None and args.finetune is not None and not Path(args.finetune).exists():
-        val_data = resolve_data(args.finetune, "test")  # a named dataset: its test split
+        val_data = resolve_data(args.finetune, "test", size)  # a named dataset: its test split
     from .finetune import finetune
 
     return finetune(model, train_data, val_data, epochs=args.epochs, config=config,
