@@ -7,6 +7,8 @@ the command line (see :mod:`njet_convert.training.cli`).
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 from .config import DistillConfig, FinetuneConfig
@@ -20,3 +22,16 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module("njet_convert.training.finetune"), name)
     raise AttributeError(f"module 'njet_convert.training' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """This package: importing the submodule ``finetune`` does not hide the function ``finetune`` (as when the
+    package imported it eagerly, ``njet_convert.training.finetune`` is the function)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
