@@ -7,8 +7,10 @@
 
 MODEL resolves in this order: a recipe (name, alias or YAML path), a timm name (the paper's zoo is registered in
 timm), a torchvision name (``tv:`` prefix forces it), ``package.module:callable``. The output folder gets the
-weights and config (:func:`njet_convert.save`), ``report.md`` and ``report.json``; the report table and a one-line
-summary go to stdout, progress and notes to stderr. Bad input exits 2 with one line on stderr; an internal error
+weights and config (:func:`njet_convert.save`), ``report.md``, ``report.json``, the fine-tuning files, ``model.onnx``
+and ``manifest.json``, all written into a temporary sibling folder that replaces ``--out`` whole at the end
+(docs/design.md, "Atomic output"); the report table and a one-line summary go to stdout, progress and notes to
+stderr. Bad input exits 2 with one line on stderr; an internal error
 exits 1, with the traceback written to a log file whose path it prints.
 """
 

@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 
     from .config import ConvertConfig
 
-__all__ = ["ATTR", "FORMAT", "Architecture", "ConversionRecord", "LayerEntry", "SubsampleEntry", "architecture_of",
-           "find_architecture", "import_callable", "record_of"]
+__all__ = ["ATTR", "FORMAT", "TRUST_HINT", "Architecture", "ConversionRecord", "LayerEntry", "SubsampleEntry",
+           "architecture_of", "find_architecture", "import_callable", "original_shapes", "record_of",
+           "torchvision_builder", "torchvision_names"]
 
 FORMAT = "njet-converted/1"
 ATTR = "njet_record"  # the one attribute a converted model carries besides ``conversion_report``
