@@ -350,3 +350,32 @@ def test_no_design_section_citations_in_the_repository() -> None:
     assert cited == [] and (root / "docs" / "design.md").is_file()
     assert not (root / "docs" / "HELPERS_BRIEF.md").exists()
     assert njet_convert.__doc__ and "docs/design.md" in njet_convert.__doc__
+
+
+def test_sigkill_during_saves_leaves_a_complete_folder(tmp_path) -> None:
+    """A process that keeps re-saving two different models is SIGKILLed at some point: the folder loads and is
+    exactly one of the two."""
+    import signal
+    import time
+
+    models = [_model(0), _model(1)]
+    for i, model in enumerate(models):
+        save(model, tmp_path / f"ref{i}")
+    ref0, ref1, target = str(tmp_path / "ref0"), str(tmp_path / "ref1"), str(tmp_path / "m")
+    code = (f"import njet_convert\na, b = njet_convert.load({ref0!r}, trust_code=True), "
+            f"njet_convert.load({ref1!r}, trust_code=True)\nprint('ready', flush=True)\n"
+            f"while True:\n    for m in (a, b):\n        njet_convert.save(m, {target!r})\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    back = load(tmp_path / "m", trust_code=True).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        got = back(x)
+        assert any(torch.equal(got, m.eval()(x)) for m in models)
