@@ -35,7 +35,7 @@ def recommend_orders(report: ConversionReport, order: int | dict[str, int],
         rules = {k: 4 for k in sorted(set(kinds.values()))}
     else:
         rules = {r.name: 4 for r in poor}
-    rules = {**rules, "*": rest}
+    rules = {**rules, "*": rest} if len(poor) < len(report.layers) else 4
     worst = max(poor, key=lambda r: r.fit_error)
     return [f"{len(poor)} of {len(report.layers)} converted conv(s) fit with error > {POOR_FIT} (worst {worst.name}: "
             f"{worst.fit_error:.3f}); try order={describe_order(rules)!r} (order 4 represents a 3x3 kernel exactly, "

@@ -143,9 +143,11 @@ def test_bad_order_rules_are_one_line_errors():
 
 def test_report_recommends_an_order_rule_for_poor_fits():
     model = _wide_net(channels=8)  # random 3×3 kernels: order 3 misses part of each
-    _, report = njet_convert.convert(model, order=3)
+    _, report = njet_convert.convert(model, order={"0": 4, "*": 3})  # the stem exact, the other conv poor
     (advice,) = report.recommendations
     assert "order='dense=4,*=3'" in advice and "Recommendation" in report.to_markdown()
+    _, everything = njet_convert.convert(model, order=3)
+    assert "try order='4'" in everything.recommendations[0]
     _, exact = njet_convert.convert(model, order=4)
     assert exact.recommendations == []
 
