@@ -245,8 +245,8 @@ def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, c
         return
     opts = cfg.calibration_options if cfg.calibration_options is not None else CalibrationOptions()
     fit_data, held = split_holdout(data, opts.holdout, opts.holdout_min)
-    reference = logits(original, held) if held is not None else None
-    if reference is not None and torch.is_tensor(reference):
+    reference = logits(original, held) if held is not None and _tensor_output(original, held) else None
+    if reference is not None:
         state.report.fidelity["plain"] = stage_fidelity(out, reference, held)
     fits = calibrate(out, original, pairs, fit_data, progress=cfg.progress, options=opts)
     state.report.calibrated = True
@@ -256,6 +256,16 @@ def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, c
         if record.name in fits:
             record.fit_error = float(fits[record.name].error)
             record.note = (record.note + " calibrated").strip()
+
+
+@torch.no_grad()
+def _tensor_output(model: nn.Module, images: Tensor) -> bool:
+    """Whether ``model`` gives a tensor (not a dict or tuple), so that its fidelity can be measured."""
+    mode = model.training
+    try:
+        return torch.is_tensor(model.eval()(images[:1]))
+    finally:
+        model.train(mode)
 
 
 def _finish_report(out: nn.Module, state: SurgeryState, report: ConversionReport) -> None:
