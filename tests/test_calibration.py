@@ -35,7 +35,7 @@ def test_a_wide_conv_is_calibrated_and_beats_the_plain_fit_on_held_out_images():
     calibrated, report = njet_convert.convert(model, order=3, exclude=["0"], calibration=_images(64, 0, size=16),
                                               calibration_options=opts)
     (record,) = report.layers
-    assert record.name == "2" and "calibrated" in record.note and record.fit_error == record.fit_error
+    assert record.name == "2" and "calibrated (blockwise, " in record.note and record.fit_error == record.fit_error
     held = _images(32, 1, size=16)
     assert _output_error(calibrated, model, held) < 0.9 * _output_error(plain, model, held)
 
@@ -70,18 +70,18 @@ def _mnist_cnn_and_digits(n: int):
 def test_held_out_slice_never_enters_a_fit_and_calibration_lowers_its_error(monkeypatch):
     """On a real trained CNN: the report's held-out figures per stage, calibration better than the plain fit there,
     and the images the fit saw are exactly the calibration images less the held-out slice."""
-    import njet_convert.fitting as fitting
+    import njet_convert.fitting.calibration as calibration
 
     model, images = _mnist_cnn_and_digits(160)
     seen = []
-    real = fitting.calibrate
+    real = calibration.calibrate_layers
 
     def spy(converted, original, pairs, data, **kwargs):
         seen.append(torch.cat([b if torch.is_tensor(b) else b[0] for b in data]) if not torch.is_tensor(data)
                     else data)
         return real(converted, original, pairs, data, **kwargs)
 
-    monkeypatch.setattr(fitting, "calibrate", spy)
+    monkeypatch.setattr(calibration, "calibrate_layers", spy)
     _, report = njet_convert.convert(model, order=3, calibration=images)
     (fit_images,) = seen
     assert fit_images.shape[0] == 160 - 16  # 10 % of 160, at least 16
