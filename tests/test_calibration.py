@@ -181,3 +181,18 @@ def test_progress_is_a_bar_that_says_why_a_refit_was_skipped_and_is_silent_when_
     assert "pointwise refit skipped: too few samples" in err  # a 1×1 conv with 64 inputs and 24 * 64 samples
     njet_convert.convert(tiny, calibration=images, progress=False)
     assert capfd.readouterr().err == ""
+
+
+def test_report_recommends_orders_when_held_out_agreement_is_low_though_each_fit_is_fair():
+    from njet_convert.order_advice import recommend_orders
+    from njet_convert.report import ConversionReport, LayerRecord
+
+    convs = {"a": nn.Conv2d(8, 8, 3, groups=8), "b": nn.Conv2d(8, 8, 3, groups=8), "c": nn.Conv2d(3, 8, 3)}
+    report = ConversionReport(layers=[LayerRecord(n, "Conv2d", (8, 1, 3, 3), "NJetConv2d", 0.5, 5, e)
+                                      for n, e in (("a", 0.05), ("b", 0.08), ("c", 0.02))])
+    assert recommend_orders(report, 3, convs) == []  # no held-out figure
+    report.fidelity = {"plain": {"agreement": 0.1}, "calibrated": {"agreement": 0.95}}
+    assert recommend_orders(report, 3, convs) == []
+    report.fidelity["calibrated"]["agreement"] = 0.75
+    (advice,) = recommend_orders(report, 3, convs)
+    assert "try order='depthwise=4,*=3'" in advice and "75.0 %" in advice
