@@ -12,7 +12,7 @@ had at conversion (modules such as dropout and batch norm still follow ``.train(
 The returned model carries what :func:`njet_convert.save` needs:
 
 - ``model.njet_conversion``: a JSON-friendly dict (format, source architecture, options, the selected module names,
-  per-layer σ and filter size, each SafeSubsample's source, stride, r and rounding, the MatchSize modules);
+  per-layer σ and filter size, each SafeSubsample's source, stride, r, shift and rounding, the MatchSize modules);
 - ``model.conversion_report``: the :class:`~njet_convert.report.ConversionReport`;
 - ``model.source_architecture``: ``"timm:<name>"``, ``"torchvision:<name>"`` or ``"module:callable"``.
 """
@@ -253,7 +253,7 @@ def _finish_report(out: nn.Module, state: SurgeryState, report: ConversionReport
         record.sigma, record.kernel_size = float(layer.sigma.detach()), layer.kernel_size
     for record in report.subsampling:
         ss = modules[record.name]
-        record.factor, record.r = ss.factor, ss.r
+        record.factor, record.r, record.shift = ss.factor, ss.r, ss.shift
     report.params_after = _count(out)
 
 
@@ -351,7 +351,7 @@ def _record(out: nn.Module, state: SurgeryState, source: dict[str, Any]) -> dict
     for n, m in modules.items():
         if isinstance(m, SafeSubsample):
             subs[n] = {"source": names.get(id(m.source)) if m.source is not None else None, "r": m.r,
-                       "stride": state.strides.get(n), "rounding": m.rounding, "mode": m.mode}
+                       "shift": m.shift, "stride": state.strides.get(n), "rounding": m.rounding, "mode": m.mode}
     opts = state.cfg.to_dict()
     return {
         "format": FORMAT,

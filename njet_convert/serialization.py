@@ -3,9 +3,9 @@
 ``config.json`` holds what :func:`njet_convert.convert` recorded on the model (``model.njet_conversion``): the
 source architecture (``timm:<name>``, ``torchvision:<name>``, a name of the zoo, or ``package.module:callable``)
 and its keyword arguments, the conversion options, the converted module names, per-layer σ and filter size, and
-each SafeSubsample's source (by qualified name), stride, r and rounding. ``load`` rebuilds the architecture
+each SafeSubsample's source (by qualified name), stride, r, shift and rounding. ``load`` rebuilds the architecture
 (random init, no download), re-applies the same surgery without fitting (structure only), loads the weights and
-restores the SafeSubsample links and r. Files are written atomically (temporary file + ``os.replace``).
+restores the SafeSubsample links, r and shift. Files are written atomically (temporary file + ``os.replace``).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _current_record(model: nn.Module, record: dict) -> dict:
     for name, sub in record["subsampling"].items():
         mod = modules.get(name)
         if isinstance(mod, SafeSubsample):
-            sub["r"], sub["rounding"], sub["mode"] = mod.r, mod.rounding, mod.mode
+            sub["r"], sub["shift"], sub["rounding"], sub["mode"] = mod.r, mod.shift, mod.rounding, mod.mode
             sub["source"] = names.get(id(mod.source)) if mod.source is not None else None
     record["training"] = bool(model.training)
     return record
@@ -136,6 +136,7 @@ def _restore_subsampling(model: nn.Module, record: dict) -> None:
             if names.get(id(mod.source)) != source:
                 mod.link(modules[source])
         mod.r, mod.rounding, mod.mode = float(sub["r"]), sub["rounding"], sub["mode"]
+        mod.shift = float(sub.get("shift", 0.0))  # records written before the shifted law: the unshifted law
 
 
 def build_architecture(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:

@@ -3,6 +3,11 @@
 The paper's law: a map of size ``s`` becomes ``s * (1/2) ** (sigma / r)``. A coarse layer (large σ) carries
 no detail that a smaller map would lose, so it can be subsampled safely. We follow the paper; the authors'
 public code uses a different law (``s * min(1, r * 2 ** -sigma)``).
+
+A converted network replaces a stride-``t`` conv or pool whose σ₀ was fitted to a pretrained kernel; its point
+uses the same law shifted to start at the original stride: ``s * (1/2) ** (sigma / r + shift)`` with
+``shift = log2(t) - sigma0 / r``, i.e. the factor ``t * 2 ** ((sigma - sigma0) / r)``. The sensitivity to σ stays
+the paper's (``d log2(factor) / d sigma = 1 / r``) whatever σ₀ is (see :meth:`SafeSubsample.start_at`).
 """
 
 from __future__ import annotations
@@ -58,15 +63,16 @@ def _sample_index(count: int, factor: float, limit: int, device: torch.device) -
 
 
 class SafeSubsample(nn.Module):
-    """Subsample a feature map by ``2 ** (sigma / r)`` per spatial axis.
+    """Subsample a feature map by ``2 ** (sigma / r + shift)`` per spatial axis (``shift = 0``: the paper's law).
 
     σ comes from one of three places: a linked :class:`NJetConv2d` (``source=``; the layer whose resolution
     decides the map size — not registered as a submodule, so it is neither duplicated in ``state_dict`` nor in
     ``parameters()``), this module's own learned parameter (``learn_sigma=True``), or a fixed value.
 
     Args:
-        r: the safe-subsampling hyper-parameter (paper: 4). A converter sets ``r = sigma / log2(stride)`` so the
-            factor equals the original stride at conversion.
+        r: the safe-subsampling hyper-parameter (paper: 4): σ must grow by ``r`` to halve the map once more.
+        shift: a constant added to ``sigma / r`` in the exponent (0 in the paper). A converter sets it with
+            :meth:`start_at` so the factor equals the original stride at the fitted σ.
         sigma: fixed or initial σ when there is no ``source``.
         source: module with a ``sigma`` attribute (an ``NJetConv2d``) whose σ drives this subsampling.
         mode: ``nearest`` (strided sampling grid), ``bilinear``, ``bicubic`` or ``area``.
@@ -85,6 +91,7 @@ class SafeSubsample(nn.Module):
         rounding: Rounding = "ceil",
         antialias: bool = False,
         sigma_bounds: tuple[float, float] = DEFAULT_SIGMA_BOUNDS,
+        shift: float = 0.0,
     ) -> None:
         super().__init__()
         if not r > 0 or not math.isfinite(r):
@@ -97,7 +104,10 @@ class SafeSubsample(nn.Module):
             raise ValueError("give exactly one of sigma= (own or fixed σ) and source= (a linked NJetConv2d)")
         if learn_sigma and source is not None:
             raise ValueError("learn_sigma=True needs its own sigma=, not a linked source=")
+        if not math.isfinite(shift):
+            raise ValueError(f"shift must be a finite number, got {shift!r}")
         self.r, self.mode, self.rounding, self.antialias = float(r), mode, rounding, antialias
+        self.shift = float(shift)
         self.sigma_bounds = check_sigma_bounds(sigma_bounds)
         object.__setattr__(self, "_source", source)
         if sigma is not None:
@@ -128,14 +138,21 @@ class SafeSubsample(nn.Module):
             return self._source.sigma
         return bounded_sigma(self.log_sigma, self.sigma_bounds)
 
+    def start_at(self, factor: float) -> None:
+        """Shift the law so that the factor is ``factor`` (the original stride) at the current σ (σ₀):
+        ``shift = log2(factor) - sigma0 / r``, so the factor becomes ``factor * 2 ** ((sigma - sigma0) / r)``."""
+        if not factor > 0 or not math.isfinite(factor):
+            raise ValueError(f"factor must be a positive finite number, got {factor!r}")
+        self.shift = math.log2(factor) - float(self.sigma.detach()) / self.r
+
     @property
     def factor(self) -> float:
-        """The current subsampling factor ``2 ** (sigma / r)`` (≥ 1 means shrinking).
+        """The current subsampling factor ``2 ** (sigma / r + shift)`` (≥ 1 means shrinking).
 
         Within 1e-5 (relative) of an integer it is that integer: float32 σ drifts in the last bits, and an exact
         integer factor keeps output sizes and the strided-pixel grid of the original network.
         """
-        factor = 2.0 ** (float(self.sigma.detach()) / self.r)
+        factor = 2.0 ** (float(self.sigma.detach()) / self.r + self.shift)
         nearest = round(factor)
         return float(nearest) if nearest >= 1 and abs(factor - nearest) < 1e-5 * factor else factor
 
@@ -152,7 +169,8 @@ class SafeSubsample(nn.Module):
     def extra_repr(self) -> str:
         where = f"source={type(self._source).__name__}" if self._source is not None else "own sigma"
         return (
-            f"r={self.r:.4g}, sigma={float(self.sigma.detach()):.4g}, factor={self.factor:.4g}, {where}, "
+            f"r={self.r:.4g}, shift={self.shift:.4g}, sigma={float(self.sigma.detach()):.4g}, "
+            f"factor={self.factor:.4g}, {where}, "
             f"mode={self.mode!r}, rounding={self.rounding!r}"
         )
 

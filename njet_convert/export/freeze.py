@@ -74,6 +74,9 @@ class FrozenResize:
     rounding: str | None = None
     source: str | None = None
     sizes: tuple | None = None
+    r: float | None = None  # the SafeSubsample's law, factor = 2 ** (sigma / r + shift), at freezing time
+    shift: float | None = None
+    sigma: float | None = None
 
 
 @dataclass
@@ -247,7 +250,8 @@ def _freeze_subsample(
     factor = mod.factor
     step = round(factor)
     source = names.get(id(mod.source)) if mod.source is not None else None
-    record = FrozenResize(name, "SafeSubsample", mod.mode, "", factor, mod.rounding, source, sizes)
+    record = FrozenResize(name, "SafeSubsample", mod.mode, "", factor, mod.rounding, source, sizes, r=mod.r,
+                          shift=mod.shift, sigma=float(mod.sigma.detach()))
     check_sizes = [*range(1, _DYNAMIC_CHECK + 1), *(sizes[0] if sizes else ())]  # a slice takes any size
     if mod.mode == "nearest" and _strided_exact(factor, step, mod.rounding, check_sizes):
         new: nn.Module = StridedSubsample(step, mod.rounding)

@@ -203,7 +203,7 @@ def _refit_layer(layer: NJetConv2d, orig: nn.Module, norm, inputs: list[Tensor],
     _apply(layer, norm, alpha, delta if can_shift else None, sigma)
     for ss, factor in factors:  # keep the feature-map sizes: the factor must not follow the new σ here
         if factor > 1:
-            ss.r = float(layer.sigma.detach()) / math.log2(factor)
+            ss.start_at(factor)
     return KernelFit(alpha=layer.alpha.detach().clone(), sigma=float(sigma), error=math.sqrt(err))
 
 
