@@ -136,7 +136,10 @@ def _restore_subsampling(model: nn.Module, record: dict) -> None:
             if names.get(id(mod.source)) != source:
                 mod.link(modules[source])
         mod.r, mod.rounding, mod.mode = float(sub["r"]), sub["rounding"], sub["mode"]
-        mod.shift = float(sub.get("shift", 0.0))  # records written before the shifted law: the unshifted law
+        if "shift" in sub:
+            mod.shift = float(sub["shift"])
+        else:  # written before the shifted law: the unshifted law with its plain rounding and grid
+            mod.shift, mod.anchor = 0.0, None
 
 
 def build_architecture(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:

@@ -138,7 +138,28 @@ def test_records_without_shift_load_with_the_unshifted_law(tmp_path) -> None:
         sub["r"] = sigma / math.log2(sub["stride"])  # how the earlier law started at the stride
     path.write_text(json.dumps(record))
     back = load(tmp_path / "m")
-    assert all(m.shift == 0.0 and m.factor == 2.0 for m in _subsamples(back).values())
+    assert all(m.shift == 0.0 and m.anchor is None and m.factor == 2.0 for m in _subsamples(back).values())
+
+
+@pytest.mark.parametrize("rounding", ["ceil", "floor"])
+def test_anchored_point_keeps_sizes_and_grid_near_sigma0_either_way(rounding: str) -> None:
+    ss = SafeSubsample(r=4.0, sigma=0.5, rounding=rounding)
+    ss.start_at(2.0)
+    plain = SafeSubsample(r=4.0, sigma=0.5, shift=ss.shift, rounding=rounding)  # same law, unanchored
+    exact = {m: (m + 1) // 2 if rounding == "ceil" else m // 2 for m in range(2, 97)}
+    for delta in (-0.03, 0.03):  # log σ moves that leave the factor within 0.3 % of the stride
+        for layer in (ss, plain):
+            with torch.no_grad():
+                layer.log_sigma.fill_(math.log(0.5) + delta)
+        assert ss.factor != 2.0
+        assert {m: ss.output_size((m, m))[0] for m in exact} == exact
+        x = torch.arange(96.0).repeat(96, 1)[None, None]
+        assert torch.equal(ss(x)[0, 0, 0], torch.arange(0.0, 96.0, 2.0)[: exact[96]])  # the strided grid
+        if delta < 0:  # the plain rounding and floor grid leave the original at once when σ drops
+            assert {m: plain.output_size((m, m))[0] for m in exact} != exact or not torch.equal(plain(x), ss(x))
+    with torch.no_grad():
+        ss.log_sigma.fill_(math.log(0.5 + 1.2))  # factor 2 * 2 ** 0.3: sizes follow σ again
+    assert ss.output_size((96, 96))[0] < exact[96]
 
 
 def test_freeze_and_onnx_keep_the_shifted_law(tmp_path) -> None:
@@ -154,7 +175,12 @@ def test_freeze_and_onnx_keep_the_shifted_law(tmp_path) -> None:
     ss = _subsamples(model)["down_subsample"]
     assert subs["down_subsample"]["shift"] == pytest.approx(ss.shift) and subs["down_subsample"]["r"] == ss.r
     assert subs["down_subsample"]["factor"] == pytest.approx(2.0 * 2 ** (0.3 / 4.0), rel=1e-4)
-    assert (frozen_down.r, frozen_down.shift, frozen_down.form) == (ss.r, ss.shift, "fixed")
+    assert (frozen_down.r, frozen_down.shift, frozen_down.form, frozen_down.anchor) == (ss.r, ss.shift, "fixed", 2.0)
+    dynamic = freeze(model, x, dynamic_spatial=True)
+    for size in (29, 40, 57):
+        other = torch.randn(1, 3, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(dynamic(other), model(other), rtol=1e-4, atol=1e-5)
 
 
 def test_calibration_keeps_factors_at_the_stride() -> None:
