@@ -37,14 +37,16 @@ __all__ = ["accuracy", "convert_network", "main"]
 
 def convert_network(
     model: nn.Module, order: int, k: float, calibration: Tensor | None = None, learn_sigma: bool = True,
-    r: float = 4.0,
+    r: float = 4.0, sigma_grid: list[float] | None = None,
 ) -> tuple[nn.Module, str]:
     """The real conversion path: :func:`njet_convert.convert` with its defaults (``subsample="safe"``: each max-pool
     becomes a stride-1 pool + a SafeSubsample linked to the preceding N-Jet layer's σ). With ``calibration``
     (unlabeled training images) the kernels are fitted data-aware. Returns the converted copy and a description."""
     converted, report = njet_convert.convert(model, order=order, k=k, calibration=calibration, r=r,
-                                             learn_sigma=learn_sigma, progress=False, input_size=(1, 28, 28))
+                                             sigma_grid=sigma_grid, learn_sigma=learn_sigma, progress=False,
+                                             input_size=(1, 28, 28))
     how = f"njet_convert.convert(order={order}, k={k:g}, r={r:g}, subsample='safe', learn_sigma={learn_sigma}"
+    how += f", sigma_grid={sigma_grid}" if sigma_grid else ""
     how += f", calibration={calibration.shape[0]} training images)" if calibration is not None else ")"
     return converted.eval(), f"{how}; {len(report.layers)} convs"
 
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--sigma-lr", type=float, default=None, help="σ learning rate (default: --lr, the paper's)")
     parser.add_argument("--r", type=float, default=4.0, help="safe-subsampling r (factor = stride·2^((σ-σ0)/r))")
+    parser.add_argument("--sigma-grid", type=float, nargs="+", default=None,
+                        help="σ candidates of the kernel fit (default: the fitting module's grid)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: shared machines)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--distill", action="store_true", help="distil the original network instead of labels")
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     notes, hows = [], []
     for mode in args.sigma:
         t0 = time.perf_counter()
-        converted, how = convert_network(original, args.order, args.k, calib, learn_sigma=mode == "learned", r=args.r)
+        converted, how = convert_network(original, args.order, args.k, calib, learn_sigma=mode == "learned", r=args.r,
+                                         sigma_grid=args.sigma_grid)
         hows.append(how)
         label = f"N-Jet order {args.order}, σ {mode}"
         sigma0 = _sigmas(converted)

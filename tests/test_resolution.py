@@ -66,3 +66,17 @@ def test_training_metrics_report_bounds_maps_and_multiply_adds(tmp_path) -> None
     assert row["sigma_at_bound"] == (["conv=min"] if float(net.conv.sigma.detach()) <= 0.2503 else [])
     assert row["multiply_adds"] == result.multiply_adds_after == multiply_adds(net, x[:1])
     assert isinstance(result.multiply_adds_before, int) and result.multiply_adds_before > 0
+
+
+def test_cli_finetune_summary_and_plot_show_multiply_adds(tmp_path, capsys) -> None:
+    from njet_convert import cli
+
+    out = tmp_path / "toy"
+    argv = ["mnist-toy-2layer", "--finetune", "opencv-digits", "--epochs", "1", "--max-steps-per-epoch", "2",
+            "--out", str(out), "--quiet"]
+    assert cli.main(argv) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "multiply-adds/image" in summary and "(fine-tuning)" in summary
+    assert (out / "feature_sizes.png").is_file()
+    row = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert row["multiply_adds"] > 0 and row["maps_at_1px"] == [] and "sigma_at_bound" in row
