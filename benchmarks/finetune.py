@@ -37,13 +37,16 @@ __all__ = ["accuracy", "convert_network", "main"]
 
 def convert_network(
     model: nn.Module, order: int, k: float, calibration: Tensor | None = None, learn_sigma: bool = True,
+    r: float = 4.0, sigma_grid: list[float] | None = None,
 ) -> tuple[nn.Module, str]:
     """The real conversion path: :func:`njet_convert.convert` with its defaults (``subsample="safe"``: each max-pool
     becomes a stride-1 pool + a SafeSubsample linked to the preceding N-Jet layer's σ). With ``calibration``
     (unlabeled training images) the kernels are fitted data-aware. Returns the converted copy and a description."""
-    converted, report = njet_convert.convert(model, order=order, k=k, calibration=calibration,
-                                             learn_sigma=learn_sigma, progress=False, input_size=(1, 28, 28))
-    how = f"njet_convert.convert(order={order}, k={k:g}, subsample='safe', learn_sigma={learn_sigma}"
+    converted, report = njet_convert.convert(model, order=order, k=k, calibration=calibration, r=r,
+                                             sigma_grid=sigma_grid, learn_sigma=learn_sigma, progress=False,
+                                             input_size=(1, 28, 28))
+    how = f"njet_convert.convert(order={order}, k={k:g}, r={r:g}, subsample='safe', learn_sigma={learn_sigma}"
+    how += f", sigma_grid={sigma_grid}" if sigma_grid else ""
     how += f", calibration={calibration.shape[0]} training images)" if calibration is not None else ")"
     return converted.eval(), f"{how}; {len(report.layers)} convs"
 
@@ -60,7 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--order", type=int, default=3)
     parser.add_argument("--k", type=float, default=2.0)
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--sigma-lr", type=float, default=0.01)
+    parser.add_argument("--sigma-lr", type=float, default=None, help="σ learning rate (default: --lr, the paper's)")
+    parser.add_argument("--r", type=float, default=4.0, help="safe-subsampling r (factor = stride·2^((σ-σ0)/r))")
+    parser.add_argument("--sigma-grid", type=float, nargs="+", default=None,
+                        help="σ candidates of the kernel fit (default: the fitting module's grid)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: shared machines)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--distill", action="store_true", help="distil the original network instead of labels")
     parser.add_argument("--out", default=None, help="output folder (checkpoint, metrics, plots)")
@@ -70,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sigma", nargs="+", choices=("fixed", "learned"), default=["fixed", "learned"],
                         help="fine-tune with σ fixed (α only) and/or learned")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     x_tr, y_tr, x_te, y_te = digits_split(4000, 1000, seed=0)
     x_tr, x_te = (x_tr - MNIST_MEAN) / MNIST_STD, (x_te - MNIST_MEAN) / MNIST_STD
@@ -90,10 +98,11 @@ def main(argv: list[str] | None = None) -> None:
     notes, hows = [], []
     for mode in args.sigma:
         t0 = time.perf_counter()
-        converted, how = convert_network(original, args.order, args.k, calib, learn_sigma=mode == "learned")
+        converted, how = convert_network(original, args.order, args.k, calib, learn_sigma=mode == "learned", r=args.r,
+                                         sigma_grid=args.sigma_grid)
         hows.append(how)
         label = f"N-Jet order {args.order}, σ {mode}"
-        sigmas = [f"{float(m.sigma.detach()):.2f}" for m in converted.modules() if isinstance(m, NJetConv2d)]
+        sigma0 = _sigmas(converted)
         rows.append((f"{label}, before fine-tuning", accuracy(converted, x_te, y_te),
                      f"{time.perf_counter() - t0:.1f}s"))
         out = Path(args.out) / mode if args.out else None
@@ -110,9 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((f"{label}, fine-tuned {args.epochs} ep{' (distilled)' if args.distill else ''}",
                      accuracy(converted, x_te, y_te), f"{time.perf_counter() - t0:.0f}s"))
         print(rows[-2], rows[-1], flush=True)
-        sigmas_after = [f"{float(m.sigma.detach()):.2f}" for m in converted.modules() if isinstance(m, NJetConv2d)]
-        notes.append(f"σ {mode}: σ per layer before {sigmas}, after {sigmas_after}; "
-                     f"after vs original {rows[-1][1] - rows[0][1]:+.2f} points (target: within 0.5)")
+        notes.append(f"σ {mode}: {_sigma_moves(sigma0, _sigmas(converted))}; {_health(result)}; "
+                     f"after vs original {rows[-1][1] - rows[0][1]:+.2f} points")
         if result.plots:
             notes.append("plots: " + ", ".join(str(p) for p in result.plots.values()))
 
@@ -123,6 +131,27 @@ def main(argv: list[str] | None = None) -> None:
     for name, acc, secs in rows:
         print(f"| {name:<48} | {acc:10.2f} | {secs:>4} |")
     print("\n".join(notes))
+
+def _sigmas(model: nn.Module) -> list[float]:
+    return [float(m.sigma.detach()) for m in model.modules() if isinstance(m, NJetConv2d)]
+
+
+def _sigma_moves(before: list[float], after: list[float]) -> str:
+    """σ per layer before → after and min / median / max of |Δσ|."""
+    moves = sorted(abs(a - b) for a, b in zip(before, after, strict=True))
+    pairs = ", ".join(f"{b:.3f}→{a:.3f}" for b, a in zip(before, after, strict=True))
+    return (f"σ per layer {pairs}; |Δσ| min {moves[0]:.3f} / median {moves[len(moves) // 2]:.3f} / "
+            f"max {moves[-1]:.3f}")
+
+
+def _health(result) -> str:
+    """What the training metrics said about σ on a bound, 1-px maps and multiply-adds per image."""
+    last = result.history[-1] if result.history else {}
+    bound = ", ".join(last.get("sigma_at_bound", [])) or "none"
+    tiny = ", ".join(last.get("maps_at_1px", [])) or "none"
+    macs = f"{result.multiply_adds_before:,} → {result.multiply_adds_after:,}" if result.multiply_adds_before else "-"
+    return f"σ on a bound: {bound}; 1-px maps: {tiny}; multiply-adds/image {macs}"
+
 
 if __name__ == "__main__":
     main()

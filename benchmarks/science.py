@@ -57,6 +57,8 @@ def do_sigma(args: argparse.Namespace) -> list[dict]:
         cfg = replace(cfg, seeds=tuple(args.seeds))
     if args.sigma_lr is not None:
         cfg = replace(cfg, train=replace(cfg.train, sigma_lr=args.sigma_lr))
+    if args.epochs:
+        cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
     if args.factors:
         cfg = replace(cfg, factors=tuple(args.factors))
     if args.max_pool:
@@ -77,7 +79,20 @@ def do_sigma(args: argparse.Namespace) -> list[dict]:
             ["(2.0/1.5)·σ_1.5", "2.81 ± 0.04", f"{summ[1.5]['s1'] * 2 / 1.5:.2f}", f"{summ[1.5]['s2'] * 2 / 1.5:.2f}",
              ""],
         ]))
+    print(_settling(rows))
     return rows
+
+
+def _settling(rows: list[dict]) -> str:
+    """How far σ still moved over the last quarter of the epochs (per layer, largest over runs): has it settled?"""
+    runs = [r["trajectory"] for r in rows if len(r.get("trajectory", [])) >= 4]
+    if not runs:
+        return ""
+    tail = max(1, len(runs[0]) // 4)
+    moves = [max(abs(t[-1][i] - t[-1 - tail][i]) for t in runs) for i in range(len(runs[0][0]))]
+    steps = max(r["steps"] for r in rows)
+    return (f"σ settling: largest |Δσ| over the last {tail} of {len(runs[0])} epochs per layer "
+            f"{', '.join(f'{m:.3f}' for m in moves)} ({steps} optimiser steps per run)")
 
 
 def do_robust(args: argparse.Namespace) -> list[dict]:
@@ -179,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pool", action="store_true", help="sigma: 2×2 max pooling instead of safe subsampling")
     parser.add_argument("--n-train", type=int, help="seg: training images per setting (default 100)")
     parser.add_argument("--n-val", type=int, help="seg: validation images per setting (default 50)")
-    parser.add_argument("--epochs", type=int, help="seg: training epochs (default 8)")
+    parser.add_argument("--epochs", type=int, help="seg, sigma: training epochs (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: shared machine)")
     parser.add_argument("--json", help="also write the raw result rows to this file")
     args = parser.parse_args(argv)

@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. depthwise=4,*=3 (kinds depthwise/grouped/dense/pointwise, name globs, re:regex) or JSON")
     g.add_argument("--k", type=_positive("--k"), help="filter extent in σ: size 2⌈kσ⌉+1 (default 2)")
     g.add_argument("--subsample", choices=("safe", "keep"), help="strides -> safe subsampling, or keep them")
+    g.add_argument("--r", type=_positive("--r"), help="safe subsampling: a point's factor is stride·2^((σ-σ0)/r), "
+                   "so σ must grow by r to halve a map once more (default 4, the paper's, or the recipe's)")
+    g.add_argument("--sigma", type=_positive("--sigma"), help="σ0 of N-Jet layers built new rather than fitted: "
+                   "every layer of an untrained model (default 1, the paper's initialisation, or the recipe's)")
     g.add_argument("--calibrate", metavar="DATA", help="fit on real inputs: photos, a dataset name or image folder")
     g.add_argument("--calibration-images", type=_positive("--calibration-images", int), default=128, metavar="N",
                    help="images used with --calibrate (default 128)")
@@ -294,7 +298,7 @@ def _main(argv: list[str]) -> int:
 
 
 def _fill_defaults(args: argparse.Namespace) -> None:
-    for key, value in (("order", 3), ("k", 2.0), ("subsample", "safe")):
+    for key, value in (("order", 3), ("k", 2.0), ("subsample", "safe"), ("r", 4.0), ("sigma", 1.0)):
         if getattr(args, key) is None:
             setattr(args, key, value)
     if not hasattr(args, "finetune"):
@@ -316,7 +320,8 @@ def _recipe_data(args: argparse.Namespace, spec: ModelSpec) -> None:
 def _recipe_defaults(recipe: Any, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Parser defaults from a recipe: conversion settings, and the training ones the parser has options for."""
     values: dict[str, Any] = {"order": recipe.convert.order, "k": recipe.convert.k,
-                              "subsample": recipe.convert.subsample}
+                              "subsample": recipe.convert.subsample, "r": recipe.convert.r,
+                              "sigma": recipe.convert.sigma}
     dests = {a.dest: a for a in parser._actions}
     train = recipe.train
     if train is not None:
@@ -373,6 +378,9 @@ def _convert(run: _Run) -> str:
     start = time.perf_counter()
     device = _device(args.device)
     model, weights = _load_model(run)
+    if args.calibrate and weights == "untrained":
+        raise UserError(f"--calibrate needs the network's weights (--checkpoint PATH or --pretrained): an untrained "
+                        f"{spec.name} is built new at σ0 (--sigma), there are no kernels to calibrate")
     input_size = args.input_size or spec.input_size or _cfg_input_size(model)
     model = model.to(device).eval()
     calibration = None
@@ -380,7 +388,9 @@ def _convert(run: _Run) -> str:
         calibration = _calibration(run, input_size).to(device)
     log(f"converting {spec.name} (order {describe_order(args.order)}, k {args.k:g}, subsample {args.subsample}"
         f"{', calibrated on ' + args.calibrate if calibration is not None else ''}) on {device} ...")
-    options = {"progress": not args.quiet, "fit": not args.dry_run, "input_size": tuple(input_size)}
+    untrained = weights == "untrained"  # nothing to fit: the layers are built new at σ0 = --sigma (paper: 1)
+    options = {"progress": not args.quiet, "fit": not args.dry_run and not untrained, "input_size": tuple(input_size),
+               "r": args.r, "sigma": args.sigma if untrained else None}
     if spec.recipe is not None and (spec.recipe.convert.include or spec.recipe.convert.exclude):
         options.update(include=spec.recipe.convert.include, exclude=spec.recipe.convert.exclude)
     njet_model, report = _api(lambda: njet_convert.convert(model, order=args.order, k=args.k, subsample=args.subsample,
@@ -412,7 +422,7 @@ def _load_model(run: _Run) -> tuple[Any, str]:
                                     "unexpected": result.unexpected, "stripped": result.stripped}
         return model, f"checkpoint:{args.checkpoint}"
     log(f"note: no weights given (--checkpoint PATH or --pretrained): {spec.name} is untrained (random "
-        "initialisation); converting it anyway")
+        f"initialisation); its N-Jet layers are built new at sigma {args.sigma:g} (--sigma), not fitted")
     return model, "untrained"
 
 
@@ -523,8 +533,15 @@ def _summary(run: _Run, report: Any) -> str:
     fidelity = f"; {fidelity}" if fidelity else ""
     return (f"{run.spec.name}: {len(report.layers)} conv(s) -> N-Jet (order {describe_order(run.args.order)}), "
             f"{len(report.subsampling)} subsampling point(s), params {report.params_before:,} -> "
-            f"{report.params_after:,}{fit}{fidelity} [{run.result['weights'].split(':')[0]}]; {where}{onnx} "
-            f"({run.result['seconds']:.1f} s)")
+            f"{report.params_after:,}{fit}{fidelity}{_macs(run.result.get('finetune'))} "
+            f"[{run.result['weights'].split(':')[0]}]; {where}{onnx} ({run.result['seconds']:.1f} s)")
+
+
+def _macs(finetuned: Any) -> str:
+    """``, multiply-adds/image A -> B (fine-tuning)`` when fine-tuning measured them (σ moves the map sizes)."""
+    values = [finetuned.get(k) if isinstance(finetuned, dict) else None
+              for k in ("multiply_adds_before", "multiply_adds_after")]
+    return "" if None in values else f", multiply-adds/image {values[0]:,} -> {values[1]:,} (fine-tuning)"
 
 
 def _list_recipes(args: argparse.Namespace) -> int:

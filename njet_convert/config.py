@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from torch import nn
 
+from njet_layers.scale import DEFAULT_SIGMA_BOUNDS
+
 __all__ = ["CONV_KINDS", "SUBSAMPLE_MODES", "ConvertConfig", "Rule", "describe_order", "parse_order"]
 
 SUBSAMPLE_MODES = ("safe", "keep")
@@ -45,6 +47,12 @@ class ConvertConfig:
         match_size: :class:`~njet_layers.MatchSize` at joins: ``"auto"`` only where grouping subsampling points
             cannot guarantee equal sizes, ``"always"`` at every join fed by a subsampling point, ``"never"``.
         learn_sigma: whether the new layers' σ are trainable.
+        r: the safe-subsampling hyper-parameter (paper: 4). A converted point's factor is
+            ``stride * 2 ** ((sigma - sigma0) / r)``: the original stride at the fitted σ₀, and the paper's
+            sensitivity ``d log2(factor) / d sigma = 1 / r`` whatever σ₀ is.
+        sigma: σ₀ of layers built new rather than fitted: every N-Jet layer of a structure-only conversion
+            (``fit=False``; the paper initialises σ to 1) and subsampling points with no N-Jet layer to follow.
+            ``None``: structure-only layers get the σ whose filter just covers the original kernel, own-σ points 1.
         calibration_options: extra options for the data-aware fit (``njet_convert.fitting.CalibrationOptions``).
         progress: print calibration progress.
         fit: fit the kernels (``False``: structure only, as :func:`njet_convert.load` does before loading weights).
@@ -62,6 +70,8 @@ class ConvertConfig:
     interpolation: Literal["nearest", "bilinear", "bicubic", "area"] = "nearest"
     match_size: Literal["auto", "always", "never"] = "auto"
     learn_sigma: bool = True
+    r: float = 4.0
+    sigma: float | None = None
     calibration_options: Any = None
     progress: bool = False
     fit: bool = True
@@ -73,6 +83,11 @@ class ConvertConfig:
         if isinstance(k, bool) or not isinstance(k, int | float) or not k > 0 or not math.isfinite(k):
             raise ValueError(f"k must be a positive finite number, got {self.k!r}")
         self.k = float(self.k)
+        self.r = _positive(self.r, "r")
+        self.sigma = None if self.sigma is None else _positive(self.sigma, "sigma")
+        lo, hi = DEFAULT_SIGMA_BOUNDS
+        if self.sigma is not None and not lo <= self.sigma <= hi:
+            raise ValueError(f"sigma must lie in [{lo:g}, {hi:g}] (the N-Jet layers' σ bounds), got {self.sigma!r}")
         if self.subsample not in SUBSAMPLE_MODES:
             raise ValueError(f"subsample must be one of {SUBSAMPLE_MODES}, got {self.subsample!r}")
         if self.interpolation not in _INTERPOLATION:
@@ -111,6 +126,12 @@ class ConvertConfig:
         opts = self.calibration_options
         out["calibration_options"] = asdict(opts) if hasattr(opts, "__dataclass_fields__") else None
         return out
+
+
+def _positive(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
 
 
 def _rules(value: Any, name: str) -> list[Rule] | None:

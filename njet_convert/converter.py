@@ -12,7 +12,7 @@ had at conversion (modules such as dropout and batch norm still follow ``.train(
 
 The returned model carries what :func:`njet_convert.save` needs in one attribute, ``model.njet_record`` (a
 :class:`~njet_convert.record.ConversionRecord`: source architecture, options, selected modules, per-layer σ and
-filter size, subsampling links), and the :class:`~njet_convert.report.ConversionReport` as
+filter size, subsampling links with r and shift), and the :class:`~njet_convert.report.ConversionReport` as
 ``model.conversion_report``.
 """
 
@@ -282,7 +282,7 @@ def _finish_report(out: nn.Module, state: SurgeryState, report: ConversionReport
         record.sigma, record.kernel_size, record.order = float(layer.sigma.detach()), layer.kernel_size, layer.order
     for record in report.subsampling:
         ss = modules[record.name]
-        record.factor, record.r = ss.factor, ss.r
+        record.factor, record.r, record.shift = ss.factor, ss.r, ss.shift
     report.params_after = _count(out)
 
 
@@ -297,7 +297,8 @@ def _record(out: nn.Module, model: nn.Module, state: SurgeryState,
     layers = {n: LayerEntry(float(m.sigma.detach()), m.kernel_size, list(m.crop), list(m.stride))
               for n, m in modules.items() if isinstance(m, NJetConv2d)}
     subs = {n: SubsampleEntry(names.get(id(m.source)) if m.source is not None else None, m.r, state.strides.get(n),
-                              m.rounding, m.mode) for n, m in modules.items() if isinstance(m, SafeSubsample)}
+                              m.rounding, m.mode, m.shift)
+            for n, m in modules.items() if isinstance(m, SafeSubsample)}
     deferred = source is None and type(model).__module__.startswith("torchvision.models")
     param = next((p for p in out.parameters() if p.is_floating_point()), None)
     return ConversionRecord(

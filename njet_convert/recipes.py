@@ -43,8 +43,8 @@ class ConvertSection:
 
     order: int = 3
     k: float = 2.0
-    sigma: float = 1.0  # σ initialisation of the paper (the converter fits σ per layer to pretrained kernels)
-    r: float = 4.0
+    sigma: float = 1.0  # σ0 of layers built new (an untrained model); pretrained kernels get a fitted σ0 instead
+    r: float = 4.0  # safe subsampling: factor = stride * 2 ** ((sigma - sigma0) / r) at converted points
     subsample: Literal["safe", "keep"] = "safe"
     include: list[str] | None = None
     exclude: list[str] | None = None

@@ -245,13 +245,16 @@ class LayerEntry:
 
 @dataclass
 class SubsampleEntry:
-    """One SafeSubsample: the NJetConv2d whose σ drives it (None: its own σ), r, original stride, rounding, mode."""
+    """One SafeSubsample: the NJetConv2d whose σ drives it (None: its own σ), r, original stride, rounding, mode,
+    and the shift of a converted point's law (``None``: a folder written before the shifted law, which loads with
+    the paper's unshifted law)."""
 
     source: str | None
     r: float
     stride: Any = None
     rounding: str = "ceil"
     mode: str = "nearest"
+    shift: float | None = None
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> SubsampleEntry:
@@ -261,7 +264,8 @@ class SubsampleEntry:
             raise ValueError(f"{where}.source must be a module name or null, got {source!r}")
         return cls(source=source, r=_number(data, "r", where, positive=True), stride=data.get("stride"),
                    rounding=_choice(data, "rounding", where, _ROUNDINGS, "ceil"),
-                   mode=_choice(data, "mode", where, _MODES, "nearest"))
+                   mode=_choice(data, "mode", where, _MODES, "nearest"),
+                   shift=_number(data, "shift", where) if "shift" in data else None)
 
 
 @dataclass

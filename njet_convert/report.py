@@ -49,6 +49,7 @@ class SubsampleRecord:
     rounding: str = "ceil"
     how: str = "graph"
     exact: bool = True  # the rounding reproduces the original output size for every input size 1..96
+    shift: float = 0.0  # factor = 2 ** (sigma / r + shift) = stride * 2 ** ((sigma - sigma0) / r)
 
 
 @dataclass
@@ -112,11 +113,12 @@ class ConversionReport:
             lines.append(f"| {r.name} | {r.original_type} | {'x'.join(map(str, r.original_shape))} | {r.new_type}"
                          f" | {r.order} | {r.sigma:.3g} | {r.kernel_size} | {r.fit_error:.4f} | {r.how}{extra} |")
         if self.subsampling:
-            lines += ["", "| subsampling | replaces | kind | stride | factor | r | group | sigma from | rounding |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+            lines += ["", "| subsampling | replaces | kind | stride | factor | r | shift | group | sigma from "
+                          "| rounding |", "|---|---|---|---|---|---|---|---|---|---|"]
             for s in self.subsampling:
                 lines.append(f"| {s.name} | {s.origin} | {s.kind} | {s.original_stride} | {s.factor:.4g} | {s.r:.4g}"
-                             f" | {s.group} | {s.source or 'own'} | {s.rounding}{'' if s.exact else ' (inexact)'} |")
+                             f" | {s.shift:.4g} | {s.group} | {s.source or 'own'} | {s.rounding}"
+                             f"{'' if s.exact else ' (inexact)'} |")
         if self.match_sizes:
             lines += ["", "MatchSize at joins: " + ", ".join(self.match_sizes)]
         if self.pinned:

@@ -7,7 +7,7 @@ replace_folder`): the target holds the complete old model or the complete new on
 the manifest before reading, so a torn or edited folder is refused in one line.
 
 ``load`` rebuilds the architecture (random init, no download), re-applies the same surgery without fitting
-(structure only), loads the weights in the dtype they were saved in and restores the SafeSubsample links and r.
+(structure only), loads the weights in the dtype they were saved in and restores the SafeSubsample links, r and shift.
 Registry names (timm, the zoo, torchvision) build without running code from the folder; a
 ``package.module:callable`` source imports and runs Python code and needs ``load(dir, trust_code=True)``.
 """
@@ -83,7 +83,7 @@ def current_record(model: nn.Module) -> ConversionRecord:
     for name, sub in record.subsampling.items():
         mod = modules.get(name)
         if isinstance(mod, SafeSubsample):
-            sub.r, sub.rounding, sub.mode = mod.r, mod.rounding, mod.mode
+            sub.r, sub.shift, sub.rounding, sub.mode = mod.r, mod.shift, mod.rounding, mod.mode
             sub.source = names.get(id(mod.source)) if mod.source is not None else None
     record.training = bool(model.training)
     param = next((p for p in model.parameters() if p.is_floating_point()), None)
@@ -230,4 +230,8 @@ def _restore_subsampling(model: nn.Module, record: ConversionRecord) -> None:
             if names.get(id(mod.source)) != sub.source:
                 mod.link(modules[sub.source])
         mod.r, mod.rounding, mod.mode = sub.r, sub.rounding, sub.mode
+        if sub.shift is not None:
+            mod.shift = sub.shift
+        else:  # written before the shifted law: the unshifted law with its plain rounding and grid
+            mod.shift, mod.anchor = 0.0, None
 

@@ -157,9 +157,14 @@ def test_cli_order_rules_fidelity_summary_and_progress(tmp_path):
     import subprocess
     import sys
 
+    import timm
+    import torch
+
+    weights = tmp_path / "r20.pth"  # weights make it a network to calibrate (an untrained one is built new at σ0)
+    torch.save(timm.create_model("resnet20").state_dict(), weights)
     out = tmp_path / "r20"
-    cmd = [sys.executable, "-m", "njet_convert.cli", "resnet20", "--order", "layer1.*=4,*=3", "--calibrate", "photos",
-           "--calibration-images", "32", "--out", str(out)]
+    cmd = [sys.executable, "-m", "njet_convert.cli", "resnet20", "--checkpoint", str(weights), "--order",
+           "layer1.*=4,*=3", "--calibrate", "photos", "--calibration-images", "32", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = proc.stdout.strip().splitlines()[-1]
@@ -196,3 +201,14 @@ def test_report_recommends_orders_when_held_out_agreement_is_low_though_each_fit
     report.fidelity["calibrated"]["agreement"] = 0.75
     (advice,) = recommend_orders(report, 3, convs)
     assert "try order='depthwise=4,*=3'" in advice and "75.0 %" in advice
+
+
+def test_cli_refuses_to_calibrate_an_untrained_network(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "njet_convert.cli", "resnet20", "--calibrate", "photos", "--out", str(tmp_path / "o")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--calibrate needs the network's weights" in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr and not (tmp_path / "o").exists()

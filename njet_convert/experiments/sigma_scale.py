@@ -44,9 +44,12 @@ def run(cfg: SigmaScaleConfig, log: bool = True) -> list[dict[str, object]]:
             seed_everything(seed)
             model = ToyNet(ToyConfig(depth=cfg.depth, width=cfg.width, conv="njet", safe_subsample=cfg.safe_subsample))
             train_cfg = TrainConfig(**{**cfg.train.__dict__, "seed": seed})
-            stats = train_epochs(model, shuffled_batches(xs_tr, y_tr, train_cfg.batch_size, seed), train_cfg)
+            trajectory: list[list[float]] = []  # σ per layer after each epoch: has σ settled?
+            stats = train_epochs(model, shuffled_batches(xs_tr, y_tr, train_cfg.batch_size, seed), train_cfg,
+                                 on_epoch=lambda epoch, loss, t=trajectory, m=model: t.append(toy_sigmas(m)))
             row = {"factor": factor, "seed": seed, "size": xs_tr.shape[-1], "sigmas": toy_sigmas(model),
-                   "acc": evaluate_accuracy(model, xs_te, y_te), "seconds": stats["seconds"]}
+                   "acc": evaluate_accuracy(model, xs_te, y_te), "seconds": stats["seconds"],
+                   "steps": int(stats["steps"]), "trajectory": trajectory}
             rows.append(row)
             if log:
                 print(f"  factor {factor}: seed {seed} sigma {[round(s, 3) for s in row['sigmas']]} "

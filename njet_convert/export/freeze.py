@@ -75,6 +75,10 @@ class FrozenResize:
     rounding: str | None = None
     source: str | None = None
     sizes: tuple | None = None
+    r: float | None = None  # the SafeSubsample's law, factor = 2 ** (sigma / r + shift), at freezing time
+    shift: float | None = None
+    sigma: float | None = None
+    anchor: float | None = None  # the original stride whose sizes and grid a converted point keeps near σ₀
 
 
 @dataclass
@@ -247,21 +251,24 @@ def _freeze_subsample(
     factor = mod.factor
     step = round(factor)
     source = names.get(id(mod.source)) if mod.source is not None else None
-    record = FrozenResize(name, "SafeSubsample", mod.mode, "", factor, mod.rounding, source, sizes)
+    record = FrozenResize(name, "SafeSubsample", mod.mode, "", factor, mod.rounding, source, sizes, r=mod.r,
+                          shift=mod.shift, sigma=float(mod.sigma.detach()), anchor=mod.anchor)
     check_sizes = [*range(1, _DYNAMIC_CHECK + 1), *(sizes[0] if sizes else ())]  # a slice takes any size
-    if mod.mode == "nearest" and _strided_exact(factor, step, mod.rounding, check_sizes):
+    if mod.mode == "nearest" and _strided_exact(factor, step, mod.rounding, check_sizes, mod.margin, mod.offset):
         new: nn.Module = StridedSubsample(step, mod.rounding)
         record.form = "strided"
     elif dynamic or sizes is None:
-        new, record.form = ScaleResize(factor, mod.mode, mod.rounding, mod.antialias), "scale"
+        new = ScaleResize(factor, mod.mode, mod.rounding, mod.antialias, margin=mod.margin, offset=mod.offset)
+        record.form = "scale"
     else:
-        new = FixedResize(sizes[0], sizes[1], mod.mode, (factor, factor), mod.antialias)
+        new = FixedResize(sizes[0], sizes[1], mod.mode, (factor, factor), mod.antialias, offset=mod.offset)
         record.form = "fixed"
     report.resizes.append(record)
     return new
 
 
-def _strided_exact(factor: float, step: int, rounding: str, sizes: Iterable[int]) -> bool:
+def _strided_exact(factor: float, step: int, rounding: str, sizes: Iterable[int], margin: float = 0.0,
+                   offset: float = 1e-6) -> bool:
     """Whether SafeSubsample at ``factor`` picks exactly the pixels ``x[::step]`` (and as many) at these sizes.
 
     A float32 σ makes ``2 ** (σ / r)`` miss the intended integer by ~1e-7, and njet_layers' nearest grid
@@ -270,10 +277,10 @@ def _strided_exact(factor: float, step: int, rounding: str, sizes: Iterable[int]
     if step < 1 or abs(factor - step) > 1e-4:
         return False
     for size in sizes:
-        count = _out_size(int(size), factor, rounding)
+        count = _out_size(int(size), factor, rounding, margin)
         if count != _out_size(int(size), float(step), rounding):
             return False
-        if not torch.equal(_nearest_index(count, factor, int(size), "cpu"), torch.arange(count) * step):
+        if not torch.equal(_nearest_index(count, factor, int(size), "cpu", offset), torch.arange(count) * step):
             return False
     return True
 

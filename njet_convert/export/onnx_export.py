@@ -287,7 +287,9 @@ def conversion_metadata(
         ]),
         "njet.subsampling": json.dumps([
             {"name": r.name, "kind": r.kind, "form": r.form, "mode": r.mode, "factor": r.factor,
-             "rounding": r.rounding, "source": r.source} for r in report.resizes
+             "rounding": r.rounding, "source": r.source, "r": r.r, "shift": r.shift, "sigma": r.sigma,
+             "anchor": r.anchor}
+            for r in report.resizes
         ]),
         "njet.folded_batchnorms": str(len(report.folded_batchnorms)),
         "njet.exporter": f"{exporter} (torch {torch.__version__}, opset {opset})",

@@ -31,29 +31,33 @@ Mode = Literal["nearest", "bilinear", "bicubic", "area"]
 _EPS = 1e-6  # the same guard njet_layers uses for floor(i * factor)
 
 
-def _out_size(size: int | Tensor, factor: float, rounding: str) -> int | Tensor:
-    """``rounding(size / factor)``, at least 1: Python ints eagerly, tensor ops when ``size`` is traced."""
+def _out_size(size: int | Tensor, factor: float, rounding: str, margin: float = 0.0) -> int | Tensor:
+    """``rounding(size / factor)`` with njet_layers' ``margin``, at least 1: Python ints eagerly, tensor ops when
+    ``size`` is traced."""
     if not isinstance(size, Tensor):
-        return safe_output_size(int(size), factor, rounding)  # type: ignore[arg-type]
+        return safe_output_size(int(size), factor, rounding, margin)  # type: ignore[arg-type]
     value = size.to(torch.float64) / factor
+    margin = max(margin, _EPS)
     if rounding == "ceil":
-        out = torch.ceil(value - _EPS)
+        out = torch.ceil(value - margin)
     elif rounding == "floor":
-        out = torch.floor(value + _EPS)
+        out = torch.floor(value + margin)
     else:
         out = torch.round(value)  # half to even, like Python's round() and ONNX Round
     return torch.clamp(out, min=1.0).to(torch.int64)
 
 
-def _nearest_index(count: int | Tensor, factor: float | Tensor, limit: int | Tensor, device: torch.device) -> Tensor:
-    """Pixels ``floor(i * factor)`` for ``i < count``, clipped to ``limit - 1`` (njet_layers' nearest grid)."""
-    idx = torch.floor(torch.arange(count, dtype=torch.float64, device=device) * factor + _EPS).to(torch.int64)
+def _nearest_index(count: int | Tensor, factor: float | Tensor, limit: int | Tensor, device: torch.device,
+                   offset: float = _EPS) -> Tensor:
+    """Pixels ``floor(i * factor + offset)`` for ``i < count``, clipped to ``limit - 1`` (njet_layers' nearest
+    grid; ``offset`` 0.5 for an anchored SafeSubsample)."""
+    idx = torch.floor(torch.arange(count, dtype=torch.float64, device=device) * factor + offset).to(torch.int64)
     return torch.minimum(idx, torch.as_tensor(limit, device=device) - 1)
 
 
-def _nearest(x: Tensor, size: tuple, factor: tuple) -> Tensor:
-    rows = _nearest_index(size[0], factor[0], x.shape[-2], x.device)
-    cols = _nearest_index(size[1], factor[1], x.shape[-1], x.device)
+def _nearest(x: Tensor, size: tuple, factor: tuple, offset: float = _EPS) -> Tensor:
+    rows = _nearest_index(size[0], factor[0], x.shape[-2], x.device, offset)
+    cols = _nearest_index(size[1], factor[1], x.shape[-1], x.device, offset)
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
@@ -105,6 +109,7 @@ class FixedResize(nn.Module):
         mode: Mode = "nearest",
         factor: tuple[float, float] | None = None,
         antialias: bool = False,
+        offset: float = _EPS,
     ) -> None:
         super().__init__()
         self.in_size, self.out_size = tuple(int(s) for s in in_size), tuple(int(s) for s in out_size)
@@ -114,8 +119,9 @@ class FixedResize(nn.Module):
         self.factor = tuple(float(f) for f in factor)
         self.identity = self.in_size == self.out_size
         if mode == "nearest" and not self.identity:
-            self.register_buffer("rows", _nearest_index(self.out_size[0], self.factor[0], self.in_size[0], "cpu"))
-            self.register_buffer("cols", _nearest_index(self.out_size[1], self.factor[1], self.in_size[1], "cpu"))
+            for name, axis in (("rows", 0), ("cols", 1)):
+                index = _nearest_index(self.out_size[axis], self.factor[axis], self.in_size[axis], "cpu", offset)
+                self.register_buffer(name, index)
         self.pool = mode == "area" and all(i % o == 0 for i, o in zip(self.in_size, self.out_size, strict=True))
         if mode == "area" and not self.pool and not self.identity:
             self.register_buffer("avg_h", _area_matrix(self.in_size[0], self.out_size[0]))
@@ -154,22 +160,25 @@ def _area_matrix(size_in: int, size_out: int) -> Tensor:
 class ScaleResize(nn.Module):
     """Subsample by a fixed ``factor`` with the output size computed from the input at run time (dynamic shapes).
 
-    Same sizes (``rounding(size / factor)``, ≥ 1) and pixels as :class:`~njet_layers.SafeSubsample` at that
-    factor, for every input size. ``area`` works eagerly but ONNX has no adaptive pooling for arbitrary sizes.
+    Same sizes (``rounding(size / factor)``, ≥ 1, with the module's ``margin``) and pixels (grid ``offset``) as
+    :class:`~njet_layers.SafeSubsample` at that factor, for every input size. ``area`` works eagerly but ONNX has no
+    adaptive pooling for arbitrary sizes.
     """
 
-    def __init__(self, factor: float, mode: Mode = "nearest", rounding: str = "ceil", antialias: bool = False) -> None:
+    def __init__(self, factor: float, mode: Mode = "nearest", rounding: str = "ceil", antialias: bool = False,
+                 margin: float = 0.0, offset: float = _EPS) -> None:
         super().__init__()
         if not factor > 0:
             raise ValueError(f"factor must be positive, got {factor!r}")
         self.factor, self.mode, self.rounding, self.antialias = float(factor), mode, rounding, antialias
+        self.margin, self.offset = float(margin), float(offset)
 
     def forward(self, x: Tensor) -> Tensor:
-        size = tuple(_out_size(s, self.factor, self.rounding) for s in x.shape[-2:])
+        size = tuple(_out_size(s, self.factor, self.rounding, self.margin) for s in x.shape[-2:])
         if not torch.jit.is_tracing() and tuple(size) == tuple(x.shape[-2:]):
             return x
         if self.mode == "nearest":
-            return _nearest(x, size, (self.factor, self.factor))
+            return _nearest(x, size, (self.factor, self.factor), self.offset)
         if self.mode == "area":
             return F.adaptive_avg_pool2d(x, size)
         return _interpolate(x, size, self.mode, self.antialias)

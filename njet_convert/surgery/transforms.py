@@ -10,7 +10,6 @@ strided one becomes an ``nn.Sequential`` (``conv``/``pool`` + ``subsample``) at 
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
@@ -165,7 +164,8 @@ class SwapConvs(Transform):
             sigma, alpha, error = fit.sigma, fit.alpha, fit.error
         else:
             need = max(d * (k - 1) - d * (k - 1) // 2 for k, d in zip(plan.kernel_size, plan.dilation, strict=True))
-            sigma, alpha, error = self.state.sigma_for.get(name, max(need, 1) / cfg.k), None, float("nan")
+            start = cfg.sigma if cfg.sigma is not None else max(need, 1) / cfg.k
+            sigma, alpha, error = self.state.sigma_for.get(name, start), None, float("nan")
         layer = NJetConv2d(conv.in_channels, conv.out_channels, order=order, sigma=sigma, k=cfg.k,
                            groups=conv.groups, bias=conv.bias is not None, stride=stride, crop=plan.crop,
                            learn_sigma=cfg.learn_sigma, device=weight.device, dtype=weight.dtype)
@@ -193,12 +193,12 @@ def _record_module_point(st: SurgeryState, point: Point) -> None:
 
 
 def make_subsample(state: SurgeryState, point: Point, source: nn.Module | None) -> SafeSubsample:
-    """A SafeSubsample for ``point`` with a provisional r (set exactly by :func:`finalize_subsampling`)."""
-    r = 1.0 / math.log2(point.stride)
-    kwargs = {"mode": state.cfg.interpolation, "rounding": point.rounding}
+    """A SafeSubsample for ``point`` with the configured r (its shift is set by :func:`finalize_subsampling`)."""
+    cfg = state.cfg
+    kwargs = {"mode": cfg.interpolation, "rounding": point.rounding}
     if source is not None:
-        return SafeSubsample(r=r, source=source, **kwargs)
-    return SafeSubsample(r=r, sigma=1.0, **kwargs)
+        return SafeSubsample(r=cfg.r, source=source, **kwargs)
+    return SafeSubsample(r=cfg.r, sigma=cfg.sigma if cfg.sigma is not None else 1.0, **kwargs)
 
 
 class SwapPools(Transform):
@@ -413,9 +413,10 @@ def _upstream_njet(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
 
 
 def finalize_subsampling(model: nn.Module, strides: dict[str, int]) -> None:
-    """Set each SafeSubsample's r so its factor equals the original stride at the current σ."""
+    """Shift each SafeSubsample's law so its factor equals the original stride at the current (fitted) σ₀:
+    ``factor = stride * 2 ** ((sigma - sigma0) / r)`` (see :meth:`~njet_layers.SafeSubsample.start_at`)."""
     modules = dict(model.named_modules())
     for name, stride in strides.items():
         ss = modules.get(name)
         if isinstance(ss, SafeSubsample):
-            ss.r = float(ss.sigma.detach()) / math.log2(stride)
+            ss.start_at(float(stride))

@@ -37,6 +37,7 @@ from .metrics import MetricsWriter, RunningMean, top1_correct
 from .optim import build_optimizer, build_scheduler
 from .plots import feature_sizes, plot_feature_sizes, plot_first_filters, plot_sigma_history, sigma_values
 from .precision import Precision, fp32_njet_kernels, resolve_precision
+from .resolution import multiply_adds, resolution_health
 
 __all__ = ["FinetuneResult", "NonFiniteLossError", "evaluate", "finetune"]
 
@@ -61,6 +62,8 @@ class FinetuneResult:
     checkpoint: Path | None = None
     out_dir: Path | None = None
     plots: dict[str, Path] = field(default_factory=dict)
+    multiply_adds_before: int | None = None  # per image of the first training (or validation) input
+    multiply_adds_after: int | None = None
 
 
 def finetune(
@@ -202,6 +205,8 @@ class _Trainer:
         self.sigma_history: list[dict[str, float]] = []
         self.sigma_steps: list[int] = []
         self.sizes_before: dict[str, list[int]] = {}
+        self.macs_before: int | None = None
+        self.probe: Tensor | None = None
         self.val_before: dict[str, float] | None = None
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
         self.last_good: Path | None = None
@@ -222,6 +227,7 @@ class _Trainer:
         self.sigma_history = list(hist.get("sigma", []))
         self.sigma_steps = list(hist.get("sigma_steps", []))
         self.sizes_before = dict(state.get("feature_sizes_before", {}))
+        self.macs_before = state.get("multiply_adds_before")
         self.val_before = state.get("val_before")
         self.last_good = self.checkpoint_path if self.checkpoint_path and self.checkpoint_path.exists() else None
         self._rng_to_restore = state["rng"]
@@ -285,10 +291,12 @@ class _Trainer:
         main = self.ctx.is_main
         self.metrics = MetricsWriter(self.out_dir, enabled=main, tensorboard=self.config.tensorboard,
                                      resume_step=self.global_step if state is not None else None)
-        probe = self._probe_batch() if (main and self.out_dir is not None and self.config.plots) else None
+        self.probe = self._probe_batch() if main else None  # sizes, health and multiply-adds on rank 0
+        probe = self.probe if (self.out_dir is not None and self.config.plots) else None
         if state is None:
-            if probe is not None:
-                self.sizes_before = feature_sizes(self.model, probe)
+            if self.probe is not None:
+                self.sizes_before = feature_sizes(self.model, self.probe)
+                self.macs_before = multiply_adds(self.model, self.probe)
             if self.val_loader is not None:
                 self.val_before = evaluate(self.model, self.val_loader, self.ctx, self.precision, self.teacher)
                 self._say(f"validation before fine-tuning: {_fmt(self.val_before)}")
@@ -310,7 +318,8 @@ class _Trainer:
         return FinetuneResult(
             model=self.model, epochs_done=self.epoch, global_step=self.global_step, interrupted=interrupted,
             history=list(self.history), val_before=self.val_before, val_after=val_after,
-            checkpoint=self.last_good, out_dir=self.out_dir, plots=plots,
+            checkpoint=self.last_good, out_dir=self.out_dir, plots=plots, multiply_adds_before=self.macs_before,
+            multiply_adds_after=multiply_adds(self.model, self.probe) if self.probe is not None else None,
         )
 
     def _train_epoch(self, stop: GracefulInterrupt) -> bool:
@@ -373,6 +382,7 @@ class _Trainer:
             row.update({f"val_{k}": v for k, v in val.items()})
         self._record_sigma()
         row.update({f"sigma/{k}": v for k, v in self.sigma_history[-1].items()})
+        row.update(self._resolution_row())
         self.epoch += 1
         self.step_in_epoch = 0
         self.partial = [0.0, 0, 0, 0]
@@ -431,6 +441,19 @@ class _Trainer:
         self.sigma_history.append(sigma_values(self.model))
         self.sigma_steps.append(self.global_step)
 
+    def _resolution_row(self) -> dict[str, Any]:
+        """σ on a bound, maps of 1 px and multiply-adds per image now (rank 0; said on stderr when not empty)."""
+        if not self.ctx.is_main:
+            return {}
+        sizes = feature_sizes(self.model, self.probe) if self.probe is not None else None
+        row: dict[str, Any] = dict(resolution_health(self.model, sizes))
+        if self.probe is not None:
+            row["multiply_adds"] = multiply_adds(self.model, self.probe)
+        for key, what in (("sigma_at_bound", "σ on its bound"), ("maps_at_1px", "feature map down to 1 px")):
+            if row.get(key):
+                self._say(f"{what}: {', '.join(row[key])}")
+        return row
+
     def _save(self) -> None:
         rng = self.ctx.gather(capture_rng_state())  # collectives: every rank takes part
         partial = self.ctx.gather(list(self.partial))
@@ -447,6 +470,7 @@ class _Trainer:
             "config": self.config.to_dict(),
             "history": {"epochs": self.history, "sigma": self.sigma_history, "sigma_steps": self.sigma_steps},
             "feature_sizes_before": self.sizes_before, "val_before": self.val_before,
+            "multiply_adds_before": self.macs_before,
         }
         self.last_good = save_checkpoint(self.checkpoint_path, payload)
 
@@ -460,7 +484,9 @@ class _Trainer:
         }
         if probe is not None and self.sizes_before:
             after = feature_sizes(self.model, probe)
-            made["feature_sizes"] = plot_feature_sizes(self.sizes_before, after, self.out_dir / "feature_sizes.png")
+            macs = (self.macs_before, multiply_adds(self.model, probe)) if self.macs_before is not None else None
+            made["feature_sizes"] = plot_feature_sizes(self.sizes_before, after, self.out_dir / "feature_sizes.png",
+                                                       multiply_adds=macs)
         plots.update({k: v for k, v in made.items() if v is not None})
         return plots
 

@@ -72,8 +72,10 @@ def plot_sigma_history(history: list[dict[str, float]], steps: list[int], path: 
     return Path(path)
 
 
-def plot_feature_sizes(before: dict[str, list[int]], after: dict[str, list[int]], path: str | Path) -> Path | None:
-    """Bars of each layer's output height before and after fine-tuning (the paper's Figs. 7–8)."""
+def plot_feature_sizes(before: dict[str, list[int]], after: dict[str, list[int]], path: str | Path,
+                       multiply_adds: tuple[int, int] | None = None) -> Path | None:
+    """Bars of each layer's output height before and after fine-tuning (the paper's Figs. 7–8); the title gives
+    the multiply-adds per image before and after when known (what the change of resolution costs or saves)."""
     names = list(before)
     if not names:
         return None
@@ -85,7 +87,11 @@ def plot_feature_sizes(before: dict[str, list[int]], after: dict[str, list[int]]
     ax.set_xticks(x.tolist())
     ax.set_xticklabels(names, rotation=70, fontsize=7)
     ax.set_ylabel("feature-map height (px)")
-    ax.set_title("feature-map size per layer")
+    title = "feature-map size per layer"
+    if multiply_adds is not None:
+        mb, ma = (m / 1e6 for m in multiply_adds)
+        title += f"\nmultiply-adds per image: {mb:.3g} M before, {ma:.3g} M after"
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -101,7 +101,7 @@ class NJetRefit:
             absorb_shift(layer, job.norm, delta.reshape(o))
         for ss, factor in factors:  # keep the feature-map sizes: the factor must not follow the new σ here
             if factor > 1:
-                ss.r = float(layer.sigma.detach()) / math.log2(factor)
+                ss.start_at(factor)
         fit = KernelFit(alpha=layer.alpha.detach().clone(), sigma=float(sigma), error=math.sqrt(err))
         return LayerResult(job.name, self.name, error=math.sqrt(err), fit=fit, skipped=skipped,
                            detail=self.detail(job))
