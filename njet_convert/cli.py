@@ -21,6 +21,7 @@ import importlib
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -33,10 +34,10 @@ from typing import Any
 from .atomic import atomic_write_text
 from .errors import UserError
 
-__all__ = ["ModelSpec", "build_parser", "main", "resolve_model"]
+__all__ = ["ModelSpec", "Stopped", "build_parser", "main", "resolve_model"]
 
 PROG = "njet-convert"
-ISSUES = "https://github.com/njet/njet/issues"
+REPORTING = "see 'Reporting problems' in the njet README for what to attach"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,6 +54,10 @@ def _order(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    from njet_layers.basis import MAX_ORDER
+
+    if value > MAX_ORDER:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_ORDER} (the paper uses 2..4), got {text!r}")
     return value
 
 
@@ -67,6 +72,19 @@ def _positive(name: str, kind: type = float) -> Callable[[str], Any]:
         return value
 
     return parse
+
+
+def _k(text: str) -> float:
+    """--k: positive, and small enough that filters at the largest default σ fit the layer's size limit."""
+    value = _positive("--k")(text)
+    from njet_layers import DEFAULT_SIGMA_BOUNDS
+    from njet_layers.njet_conv import MAX_KERNEL_SIZE
+
+    limit = (MAX_KERNEL_SIZE - 1) / (2 * DEFAULT_SIGMA_BOUNDS[1])
+    if value > limit:
+        raise argparse.ArgumentTypeError(f"must be at most {limit:g} (filters of {MAX_KERNEL_SIZE} px at "
+                                         f"sigma={DEFAULT_SIGMA_BOUNDS[1]:g}; the paper uses 2), got {text!r}")
+    return value
 
 
 def _input_size(text: str) -> tuple[int, int, int]:
@@ -89,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", metavar="MODEL", help="what to convert (see below)")
     g = p.add_argument_group("conversion")
     g.add_argument("--order", type=_order, help="N-Jet basis order (default 3, or the recipe's)")
-    g.add_argument("--k", type=_positive("--k"), help="filter extent in σ: size 2⌈kσ⌉+1 (default 2)")
+    g.add_argument("--k", type=_k, help="filter extent in σ: size 2⌈kσ⌉+1 (default 2)")
     g.add_argument("--subsample", choices=("safe", "keep"), help="strides -> safe subsampling, or keep them")
     g.add_argument("--calibrate", metavar="DATA", help="fit on real inputs: photos, a dataset name or image folder")
     g.add_argument("--calibration-images", type=_positive("--calibration-images", int), default=128, metavar="N",
@@ -168,20 +186,44 @@ class ModelSpec:
             def make() -> Any:
                 return fn(**self.kwargs)
         if not pretrained:
-            return _api(make, f"building {self.name}")
+            return _module(_api(lambda: _call_with_kwargs(make, self.name), f"building {self.name}"), self.name)
         from .checkpoints import pretrained_or_exit
 
         host = "huggingface.co" if self.kind == "timm" else "download.pytorch.org"
-        return _api(lambda: pretrained_or_exit(make, self.name, host), f"--pretrained {self.name}")
+        return _module(_api(lambda: pretrained_or_exit(make, self.name, host), f"--pretrained {self.name}"),
+                       self.name)
+
+
+# A TypeError is the user's only when the call's arguments (MODEL kwargs, --num-classes) do not fit the signature.
+_SIGNATURE_ERRORS = ("unexpected keyword argument", "required positional argument", "required keyword-only",
+                     "positional argument but", "positional arguments but", "multiple values for argument")
+
+
+def _call_with_kwargs(make: Callable[[], Any], name: str) -> Any:
+    try:
+        return make()
+    except TypeError as err:
+        if any(text in str(err) for text in _SIGNATURE_ERRORS):
+            raise UserError(f"building {name}: {_one_line(err)}") from None
+        raise
+
+
+def _module(model: Any, name: str) -> Any:
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise UserError(f"MODEL {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def _api(fn: Callable[[], Any], what: str) -> Any:
-    """Run an API call; ValueError/TypeError (bad input by the API's contract) becomes a UserError."""
+    """Run an API call; ValueError (bad input by the API's contract) becomes a UserError. Any other exception,
+    TypeError included, is a bug somewhere and stays an internal error."""
     try:
         return fn()
     except UserError:
         raise
-    except (ValueError, TypeError) as err:
+    except ValueError as err:
         raise UserError(f"{what}: {_one_line(err)}") from None
     except RuntimeError as err:
         if "pretrained" in str(err).lower() and "weights" in str(err).lower():
@@ -285,14 +327,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except Stopped as err:
+        print(f"{PROG}: {_one_line(err)}", file=sys.stderr)
+        return err.code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
+        if _disk_full(err):
+            print(f"{PROG}: error: no space left on the device while writing ({_one_line(err)}): free some space "
+                  "and run again", file=sys.stderr)
+            return 2
         log = _write_traceback()
         print(f"{PROG}: internal error: {type(err).__name__}: {_one_line(err)} — the traceback is in {log}; "
-              f"please report it at {ISSUES}", file=sys.stderr)
+              f"{REPORTING}", file=sys.stderr)
         return 1
+
+
+class Stopped(Exception):
+    """A run stopped by a signal (fine-tuning kept its checkpoint): exit ``128 + signal``, like the shell."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _disk_full(err: BaseException | None) -> bool:
+    """Whether ``err`` (or its cause) is a full disk or quota: OSError ENOSPC/EDQUOT, or a library's wrapped one."""
+    import errno
+
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(err) for text in ("No space left on device", "Disk quota exceeded", "os error 28")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _write_traceback() -> str:
@@ -309,6 +379,8 @@ def _main(argv: list[str]) -> int:
         return _list_recipes(args)
     if not args.model:
         raise UserError(f"MODEL is required (a recipe, timm or torchvision name; see {PROG} --help)")
+    if getattr(args, "resume", None) and not getattr(args, "finetune", None):
+        raise UserError("--resume needs --finetune DATA (the data the interrupted run was trained on)")
     spec = resolve_model(args.model, args.num_classes)
     if spec.recipe is not None:  # recipe values become defaults; explicit options still win
         parser.set_defaults(**_recipe_defaults(spec.recipe, parser))
@@ -397,6 +469,7 @@ def _convert(run: _Run) -> str:
     device = _device(args.device)
     model, weights = _load_model(run)
     input_size = args.input_size or spec.input_size or _cfg_input_size(model)
+    _check_channels(model, input_size)
     model = model.to(device).eval()
     calibration = None
     if args.calibrate and not args.dry_run:
@@ -443,6 +516,14 @@ def _load_model(run: _Run) -> tuple[Any, str]:
     return model, "untrained"
 
 
+def _check_channels(model: Any, input_size: tuple[int, int, int]) -> None:
+    """--input-size (or the recipe's) must have as many channels as the model's first convolution takes."""
+    first = next((m for m in model.modules() if isinstance(getattr(m, "in_channels", None), int)), None)
+    if first is not None and first.in_channels != input_size[0]:
+        raise UserError(f"--input-size {','.join(map(str, input_size))}: {input_size[0]} channel(s), but the "
+                        f"model's first convolution takes {first.in_channels}")
+
+
 def _cfg_input_size(model: Any) -> tuple[int, int, int]:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = cfg.get("input_size") if isinstance(cfg, dict) else None
@@ -466,7 +547,16 @@ def _finetune(run: _Run, njet_model: Any, original: Any) -> None:
         raise UserError("--finetune: the fine-tuning module is not installed in this build")
     if args.data_dir:
         os.environ.setdefault("NJET_DATA", str(args.data_dir))
-    result = _api(lambda: module.run_training(args, njet_model, original, run.out), "fine-tuning")
+    from .training.finetune import NonFiniteLossError
+
+    try:
+        result = _api(lambda: module.run_training(args, njet_model, original, run.out), "fine-tuning")
+    except NonFiniteLossError as err:  # diverged: the user's learning rate, not a bug
+        raise UserError(f"fine-tuning diverged: {_one_line(err)}") from None
+    if result is not None and result.interrupted:  # --out keeps what it had; the checkpoint is for --resume
+        signum = result.signal or signal.SIGINT
+        raise Stopped(f"stopped by {signal.Signals(signum).name}: the model in {str(run.out)!r} was not replaced; "
+                      f"continue with --resume {result.checkpoint}", 128 + signum)
     if result is not None:
         run.result["finetune"] = _jsonable(result)
 

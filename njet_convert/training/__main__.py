@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from pathlib import Path
 
 from torch import nn
 
+from ..errors import first_line
 from .cli import add_training_arguments, run_training
 from .finetune import NonFiniteLossError
 
@@ -53,14 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model_spec(args.model)
         teacher = load_model_spec(args.teacher) if args.teacher else None
         result = run_training(args, model, teacher, args.out)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, NonFiniteLossError) as exc:  # a diverged run: the user's settings
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     if result is not None and result.interrupted:
         print(f"interrupted; resume with --resume {result.checkpoint}", file=sys.stderr)
+        return 128 + (result.signal or signal.SIGINT)
     return 0
 
 
