@@ -4,6 +4,7 @@ used to end otherwise (exit 1 "internal error", exit 0 with a broken model, an O
 
 from __future__ import annotations
 
+import os
 import signal
 import struct
 import subprocess
@@ -310,3 +311,52 @@ def test_sigint_during_finetune_keeps_out_and_exits_130(tmp_path):
     assert ((out / "model.safetensors").read_bytes(), (out / "config.json").read_bytes()) == before
     state = load_training_checkpoint(out / "checkpoint.pt")
     assert state["global_step"] >= 1
+
+
+class _Stops(_Tiny):
+    """Sends this process SIGTERM at its third training call (what a cluster scheduler does before a kill)."""
+
+    def forward(self, x):
+        if self.training and self.calls == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().forward(x)
+
+
+def test_sigterm_in_finetune_reports_the_signal(tmp_path):
+    x, y = _data()
+    result = finetune(_Stops(), (x, y), epochs=3, config=_cfg(), out_dir=tmp_path, device="cpu")
+    assert result.interrupted and result.signal == signal.SIGTERM and result.checkpoint.is_file()
+
+
+def test_training_entry_point_exits_143_after_sigterm(tmp_path, monkeypatch, capsys):
+    from njet_convert.training.__main__ import main
+
+    source = ("import os, signal\nfrom torch import nn\n\nclass Net(nn.Module):\n"
+              "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(28 * 28, 10)\n"
+              "        self.calls = 0\n\n    def forward(self, x):\n        if self.training:\n"
+              "            self.calls += 1\n            if self.calls == 2:\n"
+              "                os.kill(os.getpid(), signal.SIGTERM)\n        return self.fc(x.flatten(1))\n\n"
+              "def net():\n    return Net()\n")
+    mod = _module_file(tmp_path, monkeypatch, source)
+    code = main([f"{mod}:net", "--finetune", "opencv-digits", "--out", str(tmp_path / "run"), "--quiet",
+                 "--no-plots"])
+    assert code == 143 and "--resume" in capsys.readouterr().err  # was 0
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    """Item 5 cannot be read (as an unreadable image file in a folder dataset)."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int):
+        if i == 5:
+            raise UserError("cannot read image 'c1/5.png': not a readable image")
+        return torch.randn(1, 6, 6), i % 2
+
+
+def test_unreadable_item_in_a_worker_is_a_one_line_error():
+    cfg = _cfg(workers=2, max_steps_per_epoch=None)
+    with pytest.raises(UserError) as info:
+        finetune(_Tiny(), _Unreadable(), epochs=1, config=cfg, device="cpu")
+    assert str(info.value) == "cannot read image 'c1/5.png': not a readable image"  # not the worker's traceback

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write
+from ..errors import first_line
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -82,7 +83,8 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[st
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file is the same user error
-        raise ValueError(f"resume={str(path)!r} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        reason = f"{type(exc).__name__}: {first_line(exc).split('. ')[0][:160]}"
+        raise ValueError(f"resume={str(path)!r} is not a readable checkpoint ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"resume={str(path)!r} is not a fine-tuning checkpoint (format {CHECKPOINT_FORMAT!r})")
     missing = [key for key in REQUIRED_KEYS if key not in state]

@@ -294,6 +294,12 @@ class _Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self, state: dict[str, Any] | None) -> FinetuneResult:
+        # Signals are caught from the start (validation before training included): the run stops after its
+        # next step with a checkpoint, instead of dying without one.
+        with GracefulInterrupt() as stop:
+            return self._run(state, stop)
+
+    def _run(self, state: dict[str, Any] | None, stop: GracefulInterrupt) -> FinetuneResult:
         self._check_model_takes_data()
         if state is not None:
             self._restore(state)
@@ -315,7 +321,7 @@ class _Trainer:
             _seed_all(_seed_rank)  # dropout etc. differ between ranks; rank 0 keeps the seeded stream
         interrupted = False
         try:
-            with GracefulInterrupt() as stop, fp32_njet_kernels(self.model, self.precision.enabled):
+            with fp32_njet_kernels(self.model, self.precision.enabled):
                 while self.epoch < self.epochs and not interrupted:
                     interrupted = self._train_epoch(stop)
         finally:
