@@ -19,7 +19,9 @@ Takes a few minutes on 2 CPU cores (each CLI row is a fresh Python process that 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -147,10 +149,10 @@ class Files:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.previous = root / "previous"
-        assert _in_process_cli([MODEL, "--out", str(self.previous), "--quiet"]) == 0
-        self.k3 = root / "k3"
-        assert _in_process_cli([MODEL, "--k", "3", "--out", str(self.k3), "--quiet"]) == 0
+        self.previous, self.k3 = root / "previous", root / "k3"
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert _in_process_cli([MODEL, "--out", str(self.previous), "--quiet"]) == 0
+            assert _in_process_cli([MODEL, "--k", "3", "--out", str(self.k3), "--quiet"]) == 0
 
     def model_state(self) -> dict[str, torch.Tensor]:
         import timm

@@ -24,6 +24,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -321,9 +322,37 @@ class _Run:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``njet-convert`` console script; returns the exit code (0, 1 internal, 2 bad input)."""
+    """Entry point of the ``njet-convert`` console script; returns the exit code (0, 1 internal, 2 bad input,
+    128 + signal when stopped)."""
+    with _CtrlC() as ctrl_c:
+        return _run_main(list(sys.argv[1:] if argv is None else argv), ctrl_c)
+
+
+class _CtrlC:
+    """Remembers a Ctrl-C (and still raises KeyboardInterrupt): an import it broke can fail later with another
+    error (ImportError, RecursionError), and that is still an interrupted run, not an internal error."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _run_main(argv: list[str], ctrl_c: _CtrlC) -> int:
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        return _main(argv)
     except UserError as err:
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 2
@@ -334,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
+        if ctrl_c.seen:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
         if _disk_full(err):
             print(f"{PROG}: error: no space left on the device while writing ({_one_line(err)}): free some space "
                   "and run again", file=sys.stderr)
@@ -469,7 +501,8 @@ def _convert(run: _Run) -> str:
     device = _device(args.device)
     model, weights = _load_model(run)
     input_size = args.input_size or spec.input_size or _cfg_input_size(model)
-    _check_channels(model, input_size)
+    if args.input_size:
+        _check_channels(model, args.input_size)
     model = model.to(device).eval()
     calibration = None
     if args.calibrate and not args.dry_run:
@@ -517,8 +550,10 @@ def _load_model(run: _Run) -> tuple[Any, str]:
 
 
 def _check_channels(model: Any, input_size: tuple[int, int, int]) -> None:
-    """--input-size (or the recipe's) must have as many channels as the model's first convolution takes."""
-    first = next((m for m in model.modules() if isinstance(getattr(m, "in_channels", None), int)), None)
+    """--input-size must have as many channels as the model's first convolution (first registered) takes."""
+    from torch import nn
+
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if first is not None and first.in_channels != input_size[0]:
         raise UserError(f"--input-size {','.join(map(str, input_size))}: {input_size[0]} channel(s), but the "
                         f"model's first convolution takes {first.in_channels}")

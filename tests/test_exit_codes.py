@@ -264,6 +264,19 @@ def test_ctrl_c_while_main_imports_is_quiet(monkeypatch, capsys):
     assert code == 130 and lines == ["njet-convert: interrupted"]
 
 
+def test_ctrl_c_that_breaks_an_import_is_still_an_interruption(monkeypatch, capsys):
+    def broken_import(*args, **kwargs):
+        try:  # a library's import swallows the KeyboardInterrupt and fails later in another way
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        raise ImportError("cannot load module more than once per process")
+
+    monkeypatch.setattr(cli, "resolve_model", broken_import)
+    code, lines = _main(capsys, "mnist-toy2", "--dry-run")
+    assert code == 130 and lines == ["njet-convert: interrupted"]  # was exit 1 "internal error"
+
+
 def test_full_disk_while_saving_is_exit_2_and_keeps_the_old_result(tmp_path, monkeypatch, capsys):
     from safetensors import SafetensorError
 
