@@ -46,7 +46,9 @@ __all__ = ["Case", "Outcome", "all_cases", "main", "run_case"]
 RESULT_FILES = ("model.safetensors", "config.json", "report.md", "report.json", "model.onnx")
 MODEL = "mnist-toy2"  # a recipe whose conversion takes a second
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-TRUST_CORE = "safe loading / folder-atomic saves"
+SAFE_LOAD = "safe loading (trust_code)"
+VALID_CONFIG = "config.json validation"
+ATOMIC = "folder-atomic saves"
 
 
 @dataclass
@@ -445,28 +447,28 @@ def loading_cases(files: Files) -> list[Case]:
 
     return [
         Case("config.json naming subprocess:getoutput: load()", "API", lambda w: api(lambda: load(hostile(w))),
-             ("ValueError",), awaits=TRUST_CORE),
+             ("ValueError",), awaits=SAFE_LOAD),
         Case("config.json naming subprocess:getoutput: export CLI", "export CLI", lambda w: module_cli(
-            "njet_convert.export", str(hostile(w)), "--out", str(w / "m.onnx")), awaits=TRUST_CORE),
+            "njet_convert.export", str(hostile(w)), "--out", str(w / "m.onnx")), awaits=SAFE_LOAD),
         Case("config.json naming subprocess:getoutput: training CLI", "training CLI", lambda w: module_cli(
             "njet_convert.training", str(hostile(w)), "--finetune", "opencv-digits", "--out", str(w / "t"),
-            "--max-steps-per-epoch", "1"), awaits=TRUST_CORE),
+            "--max-steps-per-epoch", "1"), awaits=SAFE_LOAD),
         Case("config.json without 'source'", "API",
              lambda w: api(lambda: load(hostile_folder(files, w, drop("source")))), ("ValueError",),
-             awaits=TRUST_CORE),
+             awaits=VALID_CONFIG),
         Case("config.json without 'layers'", "API",
              lambda w: api(lambda: load(hostile_folder(files, w, drop("layers")))), ("ValueError",),
-             awaits=TRUST_CORE),
+             awaits=VALID_CONFIG),
         Case("config.json with subsampling r = -1", "API",
              lambda w: api(lambda: load(hostile_folder(files, w, set_sub("r", -1)))), ("ValueError",),
-             awaits=TRUST_CORE),
+             awaits=VALID_CONFIG),
         Case("config.json with an unknown subsampling mode", "API",
              lambda w: api(lambda: load(hostile_folder(files, w, set_sub("mode", "magic")))), ("ValueError",),
-             awaits=TRUST_CORE),
+             awaits=VALID_CONFIG),
         Case("torn folder: new weights beside the old config", "API", lambda w: api(lambda: load(_torn(files, w))),
-             ("ValueError",), awaits=TRUST_CORE),
+             ("ValueError",), awaits=ATOMIC),
         Case("--export-onnx fails onto an existing result", "njet-convert", lambda w: _failing_export(w),
-             guard=True, awaits=TRUST_CORE),
+             guard=True, awaits=ATOMIC),
     ]
 
 
