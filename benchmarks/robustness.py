@@ -517,6 +517,8 @@ def api_cases(files: Files) -> list[Case]:
              ("ValueError",)),
         Case("SafeSubsample(sigma=torch.ones(3))", "API", lambda w: api(lambda: SafeSubsample(sigma=torch.ones(3))),
              ("ValueError",)),
+        Case("convert(k=1e6)", "API", lambda w: api(lambda: njet_convert.convert(toy(), k=1e6, progress=False)),
+             ("ValueError",)),
         Case("convert(calibration=1e30)", "API", lambda w: api(lambda: convert(torch.full((4, 1, 28, 28), 1e30))),
              ("ValueError",)),
         Case("convert(calibration=NaN)", "API",

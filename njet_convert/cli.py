@@ -78,13 +78,11 @@ def _positive(name: str, kind: type = float) -> Callable[[str], Any]:
 def _k(text: str) -> float:
     """--k: positive, and small enough that filters at the largest default σ fit the layer's size limit."""
     value = _positive("--k")(text)
-    from njet_layers import DEFAULT_SIGMA_BOUNDS
-    from njet_layers.njet_conv import MAX_KERNEL_SIZE
+    from njet_layers.njet_conv import MAX_K, MAX_KERNEL_SIZE
 
-    limit = (MAX_KERNEL_SIZE - 1) / (2 * DEFAULT_SIGMA_BOUNDS[1])
-    if value > limit:
-        raise argparse.ArgumentTypeError(f"must be at most {limit:g} (filters of {MAX_KERNEL_SIZE} px at "
-                                         f"sigma={DEFAULT_SIGMA_BOUNDS[1]:g}; the paper uses 2), got {text!r}")
+    if value > MAX_K:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_K:g} (filters up to {MAX_KERNEL_SIZE} px; the paper "
+                                         f"uses 2), got {text!r}")
     return value
 
 

@@ -67,6 +67,7 @@ class ConvertConfig:
         if isinstance(k, bool) or not isinstance(k, int | float) or not k > 0 or not math.isfinite(k):
             raise ValueError(f"k must be a positive finite number, got {self.k!r}")
         self.k = float(self.k)
+        _check_bounds(self.order, self.k)
         if self.subsample not in SUBSAMPLE_MODES:
             raise ValueError(f"subsample must be one of {SUBSAMPLE_MODES}, got {self.subsample!r}")
         if self.interpolation not in _INTERPOLATION:
@@ -132,3 +133,15 @@ def describe_rule(rule: Rule) -> str:
     if isinstance(rule, str):
         return rule
     return f"predicate:{getattr(rule, '__module__', '?')}.{getattr(rule, '__qualname__', repr(rule))}"
+
+
+def _check_bounds(order: int, k: float) -> None:
+    """The layer library's limits, checked before the fit allocates filters (k=1e6 once asked for 18 TB)."""
+    from njet_layers.basis import MAX_ORDER
+    from njet_layers.njet_conv import MAX_K
+
+    if order > MAX_ORDER:
+        raise ValueError(f"order must be at most {MAX_ORDER} (the paper uses 2..4), got {order}")
+    if k > MAX_K:
+        raise ValueError(f"k must be at most {MAX_K:g} (larger filters than the layers allow; the paper uses 2), "
+                         f"got {k:g}")

@@ -19,13 +19,16 @@ from .dispatch import IMPLS, Impl, KernelCache, choose_impl, uses_grad
 from .fft_conv import fft_conv2d
 from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds, positive_scalar
 
-__all__ = ["MAX_KERNEL_SIZE", "NJetConv2d"]
+__all__ = ["MAX_K", "MAX_KERNEL_SIZE", "NJetConv2d"]
 
 _Pair = int | tuple[int, int]
 
 # Largest filter size s = 2 * ceil(k * sigma_max) + 1 a layer may reach without an explicit max_kernel_size:
 # checked before anything is allocated (k=1e9 once asked for a 23 GB basis and was OOM-killed).
 MAX_KERNEL_SIZE = 1025
+# Largest k whose filters fit MAX_KERNEL_SIZE at the default largest σ (64): where callers bound k before they
+# build layers or fit kernels.
+MAX_K = (MAX_KERNEL_SIZE - 1) / (2 * DEFAULT_SIGMA_BOUNDS[1])
 
 
 def _pair(value: _Pair, name: str) -> tuple[int, int]:

@@ -82,6 +82,13 @@ def test_huge_calibration_values_are_a_value_error():
         njet_convert.convert(_toy(), calibration=torch.full((4, 1, 28, 28), 1e30), progress=False)
 
 
+def test_convert_bounds_k_and_order_before_fitting():
+    with pytest.raises(ValueError, match="k must be at most 64"):  # the fit once tried to allocate 18 TB
+        njet_convert.convert(_toy(), k=1e6, progress=False)
+    with pytest.raises(ValueError, match="order must be at most 12"):
+        njet_convert.ConvertConfig(order=100)
+
+
 def test_all_nan_checkpoint_names_the_file(tmp_path):
     from njet_convert.checkpoints import load_checkpoint
 
