@@ -128,6 +128,10 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadResult:
         if tuple(state[key].shape) != tuple(own[key].shape):
             raise UserError(f"checkpoint {str(path)!r}: shape mismatch at {key!r}: file {tuple(state[key].shape)} vs "
                             f"model {tuple(own[key].shape)} (another variant or --num-classes?)")
+    bad = next((k for k in common if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())), None)
+    if bad is not None:
+        raise UserError(f"checkpoint {str(path)!r} holds NaN/Inf values (first in {bad!r}): a diverged or damaged "
+                        "training run; use an earlier checkpoint")
     model.load_state_dict({k: state[k] for k in common}, strict=False)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

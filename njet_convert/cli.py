@@ -23,8 +23,10 @@ import importlib
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -35,10 +37,10 @@ from typing import Any
 from .errors import UserError, first_line
 from .record import Architecture, find_architecture, import_callable, torchvision_names
 
-__all__ = ["ModelSpec", "build_parser", "main", "resolve_model"]
+__all__ = ["ModelSpec", "Stopped", "build_parser", "main", "resolve_model"]
 
 PROG = "njet-convert"
-ISSUES = "https://github.com/njet/njet/issues"
+REPORTING = "see 'Reporting problems' in the njet README for what to attach"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +72,17 @@ def _positive(name: str, kind: type = float) -> Callable[[str], Any]:
     return parse
 
 
+def _k(text: str) -> float:
+    """--k: positive, and small enough that filters at the largest default σ fit the layer's size limit."""
+    value = _positive("--k")(text)
+    from njet_layers.njet_conv import MAX_K, MAX_KERNEL_SIZE
+
+    if value > MAX_K:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_K:g} (filters up to {MAX_KERNEL_SIZE} px; the paper "
+                                         f"uses 2), got {text!r}")
+    return value
+
+
 def _input_size(text: str) -> tuple[int, int, int]:
     parts = re.split(r"[,x ]+", text.strip())
     try:
@@ -92,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--order", type=_order, metavar="ORDER|RULES",
                    help="N-Jet basis order (default 3, or the recipe's), or per-layer rules, first match wins: "
                         "e.g. depthwise=4,*=3 (kinds depthwise/grouped/dense/pointwise, name globs, re:regex) or JSON")
-    g.add_argument("--k", type=_positive("--k"), help="filter extent in σ: size 2⌈kσ⌉+1 (default 2)")
+    g.add_argument("--k", type=_k, help="filter extent in σ: size 2⌈kσ⌉+1 (default 2)")
     g.add_argument("--subsample", choices=("safe", "keep"), help="strides -> safe subsampling, or keep them")
     g.add_argument("--r", type=_positive("--r"), help="safe subsampling: a point's factor is stride·2^((σ-σ0)/r), "
                    "so σ must grow by r to halve a map once more (default 4, the paper's, or the recipe's)")
@@ -162,23 +175,47 @@ class ModelSpec:
             return self.arch.build(pretrained=pretrained, trust_code=True)
 
         if not pretrained:
-            return _api(make, f"building {self.name}")
+            return _module(_api(lambda: _call_with_kwargs(make, self.name), f"building {self.name}"), self.name)
         if self.arch.kind == "code":
             raise UserError(f"--pretrained works for timm and torchvision names, not {self.name!r}; "
                             "use --checkpoint PATH")
         from .checkpoints import pretrained_or_exit
 
         host = "huggingface.co" if self.arch.kind == "timm" else "download.pytorch.org"
-        return _api(lambda: pretrained_or_exit(make, self.name, host), f"--pretrained {self.name}")
+        return _module(_api(lambda: pretrained_or_exit(make, self.name, host), f"--pretrained {self.name}"),
+                       self.name)
+
+
+# A TypeError is the user's only when the call's arguments (MODEL kwargs, --num-classes) do not fit the signature.
+_SIGNATURE_ERRORS = ("unexpected keyword argument", "required positional argument", "required keyword-only",
+                     "positional argument but", "positional arguments but", "multiple values for argument")
+
+
+def _call_with_kwargs(make: Callable[[], Any], name: str) -> Any:
+    try:
+        return make()
+    except TypeError as err:
+        if any(text in str(err) for text in _SIGNATURE_ERRORS):
+            raise UserError(f"building {name}: {first_line(err)}") from None
+        raise
+
+
+def _module(model: Any, name: str) -> Any:
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise UserError(f"MODEL {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def _api(fn: Callable[[], Any], what: str) -> Any:
-    """Run an API call; ValueError/TypeError (bad input by the API's contract) becomes a UserError."""
+    """Run an API call; ValueError (bad input by the API's contract) becomes a UserError. Any other exception,
+    TypeError included, is a bug somewhere and stays an internal error."""
     try:
         return fn()
     except UserError:
         raise
-    except (ValueError, TypeError) as err:
+    except ValueError as err:
         raise UserError(f"{what}: {first_line(err)}") from None
     except RuntimeError as err:
         if "pretrained" in str(err).lower() and "weights" in str(err).lower():
@@ -239,20 +276,79 @@ class _Run:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``njet-convert`` console script; returns the exit code (0, 1 internal, 2 bad input)."""
+    """Entry point of the ``njet-convert`` console script; returns the exit code (0, 1 internal, 2 bad input,
+    128 + signal when stopped)."""
+    with _CtrlC() as ctrl_c:
+        return _run_main(list(sys.argv[1:] if argv is None else argv), ctrl_c)
+
+
+class _CtrlC:
+    """Remembers a Ctrl-C (and still raises KeyboardInterrupt): an import it broke can fail later with another
+    error (ImportError, RecursionError), and that is still an interrupted run, not an internal error."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _run_main(argv: list[str], ctrl_c: _CtrlC) -> int:
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        return _main(argv)
     except UserError as err:
         print(f"{PROG}: error: {first_line(err)}", file=sys.stderr)
         return 2
+    except Stopped as err:
+        print(f"{PROG}: {first_line(err)}", file=sys.stderr)
+        return err.code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
+        if ctrl_c.seen:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        if _disk_full(err):
+            print(f"{PROG}: error: no space left on the device while writing ({first_line(err)}): free some space "
+                  "and run again", file=sys.stderr)
+            return 2
         log = _write_traceback()
         print(f"{PROG}: internal error: {type(err).__name__}: {first_line(err)} — the traceback is in {log}; "
-              f"please report it at {ISSUES}", file=sys.stderr)
+              f"{REPORTING}", file=sys.stderr)
         return 1
+
+
+class Stopped(Exception):
+    """A run stopped by a signal (fine-tuning kept its checkpoint): exit ``128 + signal``, like the shell."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _disk_full(err: BaseException | None) -> bool:
+    """Whether ``err`` (or its cause) is a full disk or quota: OSError ENOSPC/EDQUOT, or a library's wrapped one."""
+    import errno
+
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(err) for text in ("No space left on device", "Disk quota exceeded", "os error 28")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _write_traceback() -> str:
@@ -269,6 +365,8 @@ def _main(argv: list[str]) -> int:
         return _list_recipes(args)
     if not args.model:
         raise UserError(f"MODEL is required (a recipe, timm or torchvision name; see {PROG} --help)")
+    if getattr(args, "resume", None) and not getattr(args, "finetune", None):
+        raise UserError("--resume needs --finetune DATA (the data the interrupted run was trained on)")
     spec = resolve_model(args.model, args.num_classes)
     if spec.recipe is not None:  # recipe values become defaults; explicit options still win
         parser.set_defaults(**_recipe_defaults(spec.recipe, parser))
@@ -382,6 +480,8 @@ def _convert(run: _Run) -> str:
         raise UserError(f"--calibrate needs the network's weights (--checkpoint PATH or --pretrained): an untrained "
                         f"{spec.name} is built new at σ0 (--sigma), there are no kernels to calibrate")
     input_size = args.input_size or spec.input_size or _cfg_input_size(model)
+    if args.input_size:
+        _check_channels(model, args.input_size)
     model = model.to(device).eval()
     calibration = None
     if args.calibrate and not args.dry_run:
@@ -426,6 +526,16 @@ def _load_model(run: _Run) -> tuple[Any, str]:
     return model, "untrained"
 
 
+def _check_channels(model: Any, input_size: tuple[int, int, int]) -> None:
+    """--input-size must have as many channels as the model's first convolution (first registered) takes."""
+    from torch import nn
+
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and first.in_channels != input_size[0]:
+        raise UserError(f"--input-size {','.join(map(str, input_size))}: {input_size[0]} channel(s), but the "
+                        f"model's first convolution takes {first.in_channels}")
+
+
 def _cfg_input_size(model: Any) -> tuple[int, int, int]:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = cfg.get("input_size") if isinstance(cfg, dict) else None
@@ -449,7 +559,16 @@ def _finetune(run: _Run, njet_model: Any, original: Any, stage: Path) -> None:
         raise UserError("--finetune: the fine-tuning module is not installed in this build")
     if args.data_dir:
         os.environ.setdefault("NJET_DATA", str(args.data_dir))
-    result = _api(lambda: module.run_training(args, njet_model, original, stage), "fine-tuning")
+    from .training.finetune import NonFiniteLossError
+
+    try:
+        result = _api(lambda: module.run_training(args, njet_model, original, stage), "fine-tuning")
+    except NonFiniteLossError as err:  # diverged: the user's learning rate, not a bug
+        raise UserError(f"fine-tuning diverged: {first_line(err)}") from None
+    if result is not None and result.interrupted:  # --out keeps what it had; the checkpoint is for --resume
+        signum = result.signal or signal.SIGINT
+        raise Stopped(f"stopped by {signal.Signals(signum).name}: the model in {str(run.out)!r} was not replaced; "
+                      f"continue with --resume {result.checkpoint}", 128 + signum)
     if result is not None:
         run.result["finetune"] = _jsonable(result)
 

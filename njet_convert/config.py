@@ -83,6 +83,7 @@ class ConvertConfig:
         if isinstance(k, bool) or not isinstance(k, int | float) or not k > 0 or not math.isfinite(k):
             raise ValueError(f"k must be a positive finite number, got {self.k!r}")
         self.k = float(self.k)
+        _check_k(self.k)
         self.r = _positive(self.r, "r")
         self.sigma = None if self.sigma is None else _positive(self.sigma, "sigma")
         lo, hi = DEFAULT_SIGMA_BOUNDS
@@ -186,8 +187,10 @@ def parse_order(value: Any) -> int | dict[str, int]:
 
 
 def _order_value(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10:
-        raise ValueError(f"{what} must be an integer from 0 to 10, got {value!r}")
+    from njet_layers.basis import MAX_ORDER
+
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ORDER:
+        raise ValueError(f"{what} must be an integer from 0 to {MAX_ORDER} (the paper uses 2..4), got {value!r}")
     return value
 
 
@@ -221,3 +224,12 @@ def _order_text(text: str) -> int | dict[str, Any]:
 def describe_order(order: int | dict[str, int]) -> str:
     """``3`` or ``depthwise=4,*=3``: the order as the CLI takes it."""
     return str(order) if isinstance(order, int) else ",".join(f"{r}={o}" for r, o in order.items())
+
+
+def _check_k(k: float) -> None:
+    """The layer library's limit, checked before the fit allocates filters (k=1e6 once asked for 18 TB)."""
+    from njet_layers.njet_conv import MAX_K
+
+    if k > MAX_K:
+        raise ValueError(f"k must be at most {MAX_K:g} (larger filters than the layers allow; the paper uses 2), "
+                         f"got {k:g}")

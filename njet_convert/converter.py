@@ -48,8 +48,9 @@ from .surgery import (
     trace,
 )
 
-__all__ = ["CheckedCalibration", "checked_calibration", "convert", "rewrite"]
+__all__ = ["CALIBRATION_LIMIT", "CheckedCalibration", "checked_calibration", "convert", "rewrite"]
 
+CALIBRATION_LIMIT = 1e6  # largest |value| accepted in calibration inputs
 _CARRY_ATTRS = ("pretrained_cfg", "default_cfg", "num_classes", "num_features", "feature_info", "head_hidden_size")
 
 
@@ -168,6 +169,10 @@ class CheckedCalibration:
             raise ValueError(f"{where} has dtype {batch.dtype}, the model's parameters are {self.dtype}")
         if not bool(torch.isfinite(batch).all()):
             raise ValueError(f"{where} holds NaN or infinite values")
+        peak = float(batch.abs().max())
+        if peak > CALIBRATION_LIMIT:  # squares in the fit's covariances would overflow float32
+            raise ValueError(f"{where} holds values up to {peak:.3g} (limit {CALIBRATION_LIMIT:g}): give inputs "
+                             "scaled like the model's (normalised images lie within about ±10)")
         if self.channels is None:
             self._probe(batch)
             self.channels = batch.shape[1]

@@ -17,11 +17,18 @@ from .basis import basis_size, filter_radius, gaussian_basis
 from .basis_first import basis_first_conv2d, output_centers
 from .dispatch import IMPLS, Impl, KernelCache, choose_impl, uses_grad
 from .fft_conv import fft_conv2d
-from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds
+from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds, positive_scalar
 
-__all__ = ["NJetConv2d"]
+__all__ = ["MAX_K", "MAX_KERNEL_SIZE", "NJetConv2d"]
 
 _Pair = int | tuple[int, int]
+
+# Largest filter size s = 2 * ceil(k * sigma_max) + 1 a layer may reach without an explicit max_kernel_size:
+# checked before anything is allocated (k=1e9 once asked for a 23 GB basis and was OOM-killed).
+MAX_KERNEL_SIZE = 1025
+# Largest k whose filters fit MAX_KERNEL_SIZE at the default largest σ (64): where callers bound k before they
+# build layers or fit kernels.
+MAX_K = (MAX_KERNEL_SIZE - 1) / (2 * DEFAULT_SIGMA_BOUNDS[1])
 
 
 def _pair(value: _Pair, name: str) -> tuple[int, int]:
@@ -87,19 +94,16 @@ class NJetConv2d(nn.Module):
     ) -> None:
         super().__init__()
         _check_channels(in_channels, out_channels, groups)
-        if not k > 0 or not math.isfinite(k):
-            raise ValueError(f"k must be a positive finite number, got {k!r}")
+        k = positive_scalar("k", k)
         if dilation_init is not None:
-            if not dilation_init > 0:
-                raise ValueError(f"dilation_init must be positive, got {dilation_init!r}")
-            sigma = float(dilation_init) / k
-        if not sigma > 0 or not math.isfinite(sigma):
-            raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+            sigma = positive_scalar("dilation_init", dilation_init) / k
+        sigma = positive_scalar("sigma", sigma)
         bounds = check_sigma_bounds(sigma_bounds or (DEFAULT_SIGMA_BOUNDS[0], max(DEFAULT_SIGMA_BOUNDS[1], 2 * sigma)))
         if not bounds[0] <= sigma <= bounds[1]:
             raise ValueError(f"sigma={sigma!r} lies outside sigma_bounds={bounds!r}")
         if max_kernel_size is not None and (max_kernel_size < 1 or max_kernel_size % 2 == 0):
             raise ValueError(f"max_kernel_size must be a positive odd integer, got {max_kernel_size!r}")
+        _check_kernel_size(k, bounds[1], max_kernel_size)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.order, self.k = order, float(k)
         self.stride, self.crop = _pair(stride, "stride"), _pair(crop, "crop")
@@ -267,6 +271,16 @@ class NJetConv2d(nn.Module):
         if self.impl != "auto":
             parts.append(f"impl={self.impl!r}")
         return ", ".join(parts)
+
+
+def _check_kernel_size(k: float, sigma_max: float, max_kernel_size: int | None) -> None:
+    """Refuse a ``k`` whose filter at the largest allowed σ exceeds :data:`MAX_KERNEL_SIZE` (unless capped)."""
+    if max_kernel_size is not None:
+        return
+    size = 2 * math.ceil(k * sigma_max) + 1
+    if size > MAX_KERNEL_SIZE:
+        raise ValueError(f"k={k:g} makes filters up to {size}x{size} px at sigma={sigma_max:g} (limit "
+                         f"{MAX_KERNEL_SIZE}): use a smaller k (the paper uses 2) or set max_kernel_size")
 
 
 def _check_channels(in_channels: int, out_channels: int, groups: int) -> None:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds
+from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds, positive_scalar
 
 __all__ = ["MatchSize", "SafeSubsample", "resize", "safe_output_size"]
 
@@ -106,8 +106,13 @@ class SafeSubsample(nn.Module):
         shift: float = 0.0,
     ) -> None:
         super().__init__()
-        if not r > 0 or not math.isfinite(r):
-            raise ValueError(f"r must be a positive finite number, got {r!r}")
+        r = positive_scalar("r", r)
+        sigma = None if sigma is None else positive_scalar("sigma", sigma)
+        if source is not None and not hasattr(source, "sigma"):
+            raise ValueError(f"source must have a 'sigma' attribute (an NJetConv2d), got {type(source).__name__}")
+        top = max([check_sigma_bounds(sigma_bounds)[1], *getattr(source, "sigma_bounds", ())])
+        if top / r >= 1000:  # 2 ** (sigma / r) leaves float range near 2 ** 1024
+            raise ValueError(f"r={r:g} is too small: the factor 2 ** (sigma / r) overflows at sigma={top:g}")
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         if rounding not in _ROUNDINGS:

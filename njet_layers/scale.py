@@ -7,11 +7,12 @@ still leave it again (a plain clamp would freeze it there for good).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_SIGMA_BOUNDS", "bounded_sigma", "check_sigma_bounds"]
+__all__ = ["DEFAULT_SIGMA_BOUNDS", "bounded_sigma", "check_sigma_bounds", "positive_scalar"]
 
 DEFAULT_SIGMA_BOUNDS: tuple[float, float] = (0.25, 8.0)
 
@@ -48,3 +49,20 @@ def check_sigma_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
     if not (lo > 0 and math.isfinite(hi) and lo < hi):
         raise ValueError(f"sigma_bounds must satisfy 0 < min < max, got {bounds!r}")
     return lo, hi
+
+
+def positive_scalar(name: str, value: object) -> float:
+    """``value`` as a positive finite float: a real number or a one-element tensor; ValueError for anything else.
+
+    Strings, booleans and multi-element tensors are refused in one line instead of failing later in a comparison
+    (``'1.0' > 0`` is a TypeError, a two-element tensor in a condition a RuntimeError).
+    """
+    if torch.is_tensor(value):
+        if value.numel() != 1 or value.is_complex():
+            raise ValueError(f"{name} must be one positive number, got a tensor of shape {tuple(value.shape)}")
+        value = float(value.detach().reshape(()))
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a positive finite number, got {type(value).__name__} {value!r}")
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)

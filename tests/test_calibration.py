@@ -133,8 +133,8 @@ def test_bad_order_rules_are_one_line_errors():
     import pytest
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1)).eval()
-    for bad, match in (({"*": -1}, "integer from 0 to 10"), ({"re:(": 3}, "bad regex"), ({}, "empty"),
-                       ("dense=x", "RULE=ORDER"), ("{[", "bad JSON"), (100, "0 to 10")):
+    for bad, match in (({"*": -1}, "integer from 0 to 12"), ({"re:(": 3}, "bad regex"), ({}, "empty"),
+                       ("dense=x", "RULE=ORDER"), ("{[", "bad JSON"), (100, "0 to 12")):
         with pytest.raises(ValueError, match=match):
             njet_convert.convert(model, order=bad)
     with pytest.raises(ValueError, match="no order for conv '0'"):

@@ -122,7 +122,7 @@ def test_load_returns_the_saved_dtype(tmp_path, dtype) -> None:
 DAMAGE = {
     "missing 'options'": lambda d: d.pop("options"),
     "options: missing 'order'": lambda d: d["options"].pop("order"),
-    "order must be an integer from 0 to 10": lambda d: d["options"].update(order=-1),
+    "order must be an integer from 0 to 12": lambda d: d["options"].update(order=-1),
     "order rule": lambda d: d["options"].update(order={"re:(": 3}),
     "subsample must be one of": lambda d: d["options"].update(subsample="sideways"),
     "options.learn_sigma": lambda d: d["options"].update(learn_sigma="yes"),

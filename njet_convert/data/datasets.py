@@ -13,13 +13,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 __all__ = ["DATASETS", "DatasetInfo", "calibration_images", "dataset_names", "default_data_dir", "resolve_dataset"]
 
@@ -185,7 +186,7 @@ def _folder(path: Path, size: int) -> Dataset | Tensor:
         tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
                                  transforms.Normalize(*IMAGENET)])
         try:
-            return datasets.ImageFolder(str(path), transform=tf)
+            return datasets.ImageFolder(str(path), transform=tf, loader=_open_rgb)
         except (FileNotFoundError, OSError) as err:
             raise UserError(f"image folder {str(path)!r}: {err}") from None
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -194,15 +195,23 @@ def _folder(path: Path, size: int) -> Dataset | Tensor:
     return torch.cat([_read_image(f, size) for f in files])
 
 
-def _read_image(path: Path, size: int) -> Tensor:
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+def _open_rgb(path: str | Path) -> Any:
+    """An image file as an RGB PIL image; UserError naming the file when it is unreadable, truncated or a
+    decompression bomb (a header claiming more pixels than PIL's limit, e.g. 40000x40000)."""
+    from PIL import Image
 
     try:
         with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as err:
-        raise UserError(f"cannot read image {str(path)!r}: {err}") from None
+            return img.convert("RGB")
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:
+        reason = "not a readable image" if "cannot identify" in str(err) else first_line(err)
+        raise UserError(f"cannot read image {str(path)!r}: {reason}") from None
+
+
+def _read_image(path: Path, size: int) -> Tensor:
+    import numpy as np
+
+    array = np.asarray(_open_rgb(path), dtype=np.float32) / 255.0
     img = torch.from_numpy(array).permute(2, 0, 1)[None]
     h, w = img.shape[-2:]
     side = min(h, w)

@@ -9,6 +9,7 @@ and one line.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +34,12 @@ def load_model_spec(spec: str, trust_code: bool = False) -> nn.Module:
     arch = Architecture(spec)
     if ":" not in spec or arch.kind != "code":
         raise ValueError(f"model must be a saved model folder or package.module:callable, got {spec!r}")
-    return arch.build(trust_code=True)
+    model = arch.build(trust_code=True)
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {spec!r} returned {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,14 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model_spec(args.model, args.trust_code)
         teacher = load_model_spec(args.teacher, args.trust_code) if args.teacher else None
         result = run_training(args, model, teacher, args.out)
-    except NonFiniteLossError as exc:
-        print(f"error: {first_line(exc)}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, NonFiniteLossError) as exc:  # a diverged run: the user's settings
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     if result is not None and result.interrupted:
         print(f"interrupted; resume with --resume {result.checkpoint}", file=sys.stderr)
+        return 128 + (result.signal or signal.SIGINT)
     return 0
 
 

@@ -18,10 +18,12 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write
+from ..errors import first_line
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
+    "REQUIRED_KEYS",
     "capture_rng_state",
     "read_checkpoint",
     "restore_rng_state",
@@ -30,6 +32,8 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "njet-finetune/1"
 CHECKPOINT_NAME = "checkpoint.pt"
+# What resuming reads without a default; a checkpoint lacking one of them cannot continue the run.
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step", "rng")
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -79,9 +83,14 @@ def read_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[st
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file is the same user error
-        raise ValueError(f"resume={str(path)!r} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        reason = f"{type(exc).__name__}: {first_line(exc).split('. ')[0][:160]}"
+        raise ValueError(f"resume={str(path)!r} is not a readable checkpoint ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"resume={str(path)!r} is not a fine-tuning checkpoint (format {CHECKPOINT_FORMAT!r})")
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing or not isinstance(state["model"], dict):
+        raise ValueError(f"resume={str(path)!r} is a damaged fine-tuning checkpoint (missing "
+                         f"{', '.join(repr(k) for k in missing) or 'the model state'}): resume from another one")
     if model is not None:
         _check_fits(path, state["model"], model)
     return state

@@ -124,11 +124,24 @@ class EpochLoader:
         if isinstance(self.sampler, ResumableSampler):
             self.sampler.set_epoch(epoch)
             self.sampler.skip_next(skip_batches * self.loader.batch_size)
-            return iter(self.loader)
-        it = iter(self.loader)
+            return _worker_errors_as_raised(iter(self.loader))
+        it = _worker_errors_as_raised(iter(self.loader))
         for _ in range(skip_batches):
             next(it, None)
         return it
+
+
+def _worker_errors_as_raised(batches: Iterator[Any]) -> Iterator[Any]:
+    """The batches; a ValueError raised in a DataLoader worker (an unreadable image) comes back with its own
+    one-line message, not wrapped in the worker's traceback as torch re-raises it."""
+    try:
+        yield from batches
+    except ValueError as err:
+        text = str(err).strip()
+        if "Original Traceback" not in text:
+            raise
+        last = text.splitlines()[-1]  # "package.module.ErrorType: the message"
+        raise type(err)(last.split(": ", 1)[-1]) from None
 
 
 def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:

@@ -45,7 +45,8 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or Inf; the run stopped and the last good checkpoint was kept."""
+    """The run diverged: the training or validation loss, a parameter or a buffer (batch-norm statistics) became
+    NaN or Inf. The run stopped and the last good checkpoint was kept (never overwritten by a diverged state)."""
 
 
 @dataclass
@@ -56,6 +57,7 @@ class FinetuneResult:
     epochs_done: int
     global_step: int
     interrupted: bool = False
+    signal: int | None = None  # the signal that stopped an interrupted run (SIGINT 2, SIGTERM 15)
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
     val_before: dict[str, float] | None = None
     val_after: dict[str, float] | None = None
@@ -147,6 +149,7 @@ def evaluate(
                 ref = _logits(teacher_logits(teacher, x)).float() if teacher is not None else None
             if y is not None:
                 y = y.to(ctx.device)
+                _check_labels(y, logits.shape[1], "validation data")
                 correct, counted = top1_correct(logits, y)
                 sums[0] += correct
                 sums[1] += counted
@@ -163,6 +166,18 @@ def evaluate(
     if teacher is not None and n:
         out["agreement"] = 100.0 * agree / n
     return out
+
+
+def _labels_out_of_range(y: Tensor, classes: int) -> bool:
+    """Whether integer class labels fall outside ``0..classes-1`` (``-100``, cross-entropy's ignore index, is fine)."""
+    return y.numel() > 0 and not y.is_floating_point() and bool(
+        ((y >= classes) | ((y < 0) & (y != -100))).any())
+
+
+def _check_labels(y: Tensor, classes: int, what: str) -> None:
+    if _labels_out_of_range(y, classes):
+        raise ValueError(f"{what}: labels out of range for a model with {classes} outputs (labels "
+                         f"{int(y.min())}..{int(y.max())}; --num-classes too small?)")
 
 
 def _to_device(x: Tensor, device: torch.device, channels_last: bool = False) -> Tensor:
@@ -285,6 +300,12 @@ class _Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self, state: dict[str, Any] | None) -> FinetuneResult:
+        # Signals are caught from the start (validation before training included): the run stops after its
+        # next step with a checkpoint, instead of dying without one.
+        with GracefulInterrupt() as stop:
+            return self._run(state, stop)
+
+    def _run(self, state: dict[str, Any] | None, stop: GracefulInterrupt) -> FinetuneResult:
         self._check_model_takes_data()
         if state is not None:
             self._restore(state)
@@ -308,7 +329,7 @@ class _Trainer:
             _seed_all(_seed_rank)  # dropout etc. differ between ranks; rank 0 keeps the seeded stream
         interrupted = False
         try:
-            with GracefulInterrupt() as stop, fp32_njet_kernels(self.model, self.precision.enabled):
+            with fp32_njet_kernels(self.model, self.precision.enabled):
                 while self.epoch < self.epochs and not interrupted:
                     interrupted = self._train_epoch(stop)
         finally:
@@ -317,6 +338,7 @@ class _Trainer:
         plots = self._finish(probe) if not interrupted else {}
         return FinetuneResult(
             model=self.model, epochs_done=self.epoch, global_step=self.global_step, interrupted=interrupted,
+            signal=stop.requested if interrupted else None,
             history=list(self.history), val_before=self.val_before, val_after=val_after,
             checkpoint=self.last_good, out_dir=self.out_dir, plots=plots, multiply_adds_before=self.macs_before,
             multiply_adds_after=multiply_adds(self.model, self.probe) if self.probe is not None else None,
@@ -337,9 +359,13 @@ class _Trainer:
                 break
             loss, n, hits = self._step(batch)
             nonfinite = not math.isfinite(loss)
-            nonfinite, stopping = ctx.flags([nonfinite, stop.requested is not None])
+            bad = None if nonfinite else _first_nonfinite(self.model)  # a finite loss can hide diverged weights
+            nonfinite, stopping, bad_state = ctx.flags([nonfinite, stop.requested is not None, bad is not None])
             if nonfinite:
                 self._diverged()
+            if bad_state:
+                where = f"step {self.step_in_epoch + 1} of epoch {self.epoch + 1}"
+                self._diverged(f"{bad or 'a parameter or buffer on another rank'} became NaN/Inf at {where}")
             self.step_in_epoch += 1
             self.global_step += 1
             loss_mean.add(loss, n)
@@ -378,6 +404,8 @@ class _Trainer:
         }
         if self.val_loader is not None and ((self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == self.epochs):
             val = evaluate(self.model, self.val_loader, ctx, self.precision, self.teacher)
+            if not all(math.isfinite(v) for v in val.values()):
+                self._diverged(f"the validation loss became NaN/Inf after epoch {self.epoch + 1}")
             row["val"] = val
             row.update({f"val_{k}": v for k, v in val.items()})
         self._record_sigma()
@@ -404,8 +432,7 @@ class _Trainer:
         with self.precision.autocast():
             logits = _logits(self.net(x))
             ref = _logits(teacher_logits(self.teacher, x)) if self.teacher is not None else None
-        bad = y is not None and y.numel() > 0 and not y.is_floating_point() and bool(
-            ((y >= logits.shape[1]) | ((y < 0) & (y != -100))).any())
+        bad = y is not None and _labels_out_of_range(y, logits.shape[1])
         if self.ctx.flags([bad])[0]:
             seen = f"{int(y.min())}..{int(y.max())}" if y is not None and y.numel() else "on another rank"
             raise ValueError(f"train_data: labels out of range for a model with {logits.shape[1]} outputs "
@@ -429,12 +456,13 @@ class _Trainer:
         return value, x.shape[0], hits
 
     # -- bookkeeping ----------------------------------------------------------------------------------------
-    def _diverged(self) -> None:
+    def _diverged(self, what: str | None = None) -> None:
         where = f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1} (global step {self.global_step + 1})"
+        what = what or f"loss became NaN/Inf at {where}"
         kept = (f"the last good checkpoint {str(self.last_good)!r} is kept" if self.last_good is not None
                 else "no checkpoint had been written yet")
         self.metrics.close()
-        raise NonFiniteLossError(f"loss became NaN/Inf at {where}; training stopped, {kept}. "
+        raise NonFiniteLossError(f"{what}; training stopped, {kept}. "
                                  "Lower the learning rate (or sigma_lr), or set grad_clip.")
 
     def _record_sigma(self) -> None:
@@ -475,8 +503,17 @@ class _Trainer:
         self.last_good = save_checkpoint(self.checkpoint_path, payload)
 
     def _finish(self, probe: Tensor | None) -> dict[str, Path]:
+        """The PNG plots; a reporting step never costs the trained result, so a missing matplotlib skips them."""
         if not self.ctx.is_main or self.out_dir is None or not self.config.plots:
             return {}
+        try:
+            return self._plots(probe)
+        except ImportError as exc:
+            self._say(f"plots skipped: {first_line(exc)} (pip install 'njet[plots]' to get them); "
+                      "the trained model is kept", always=True)
+            return {}
+
+    def _plots(self, probe: Tensor | None) -> dict[str, Path]:
         plots: dict[str, Path] = {}
         made = {
             "sigma": plot_sigma_history(self.sigma_history, self.sigma_steps, self.out_dir / "sigma.png"),
@@ -498,9 +535,20 @@ class _Trainer:
         return tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, leave=False, dynamic_ncols=True,
                     desc=f"epoch {self.epoch + 1}/{self.epochs}")
 
-    def _say(self, message: str) -> None:
-        if self.ctx.is_main and self.config.progress:
+    def _say(self, message: str, always: bool = False) -> None:
+        if self.ctx.is_main and (self.config.progress or always):
             print(f"[finetune] {message}", file=sys.stderr, flush=True)
+
+
+def _first_nonfinite(model: nn.Module) -> str | None:
+    """The name of the first floating parameter or buffer holding NaN/Inf, or None (one fused check per tensor)."""
+    tensors = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_floating_point()]
+    if not tensors:
+        return None
+    finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in tensors])
+    if bool(finite.all()):
+        return None
+    return tensors[int((~finite).nonzero()[0])][0]
 
 
 def _pct(counts: list[int]) -> str:
