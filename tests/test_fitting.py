@@ -192,7 +192,7 @@ def test_ridge_with_a_prior_shrinks_towards_the_prior_not_zero():
 
 
 def test_candidate_sigmas_cover_both_filter_sizes():
-    from njet_convert.fitting.calibration import _candidate_sigmas
+    from njet_convert.fitting.calibration.njet_refit import candidate_sigmas as _candidate_sigmas
 
     layer = NJetConv2d(4, 4, order=3, sigma=0.42)
     sigmas = _candidate_sigmas(layer, torch.nn.Conv2d(4, 4, 3), 2.0, per_size=6)
@@ -223,7 +223,8 @@ def test_calibration_keeps_safe_subsampling_factors_when_sigma_moves():
 
 def _conv_path_stats(layer, orig, inputs, bases, opts, seed):
     """The former calibration path (a grouped conv2d per σ candidate), kept here as the reference."""
-    from njet_convert.fitting.calibration import _sampled_target, _target_full
+    from njet_convert.fitting.calibration.sampling import sampled_target as _sampled_target
+    from njet_convert.fitting.calibration.sampling import target_full as _target_full
 
     gen = torch.Generator().manual_seed(seed)
     pad = max((b.shape[-1] - 1) // 2 for b in bases.values())
@@ -258,7 +259,7 @@ def _conv_path_stats(layer, orig, inputs, bases, opts, seed):
 ])
 def test_shared_patches_equal_the_conv_path_per_sigma(channels, out, groups, stride, crop, orig_stride,
                                                       orig_padding, sigmas, positions):
-    from njet_convert.fitting.calibration import _candidate_stats
+    from njet_convert.fitting.calibration.exact import candidate_stats as _candidate_stats
     from njet_convert.fitting.patches import embed_basis
 
     torch.manual_seed(0)
