@@ -152,8 +152,8 @@ def _run(converted, original, train, heldout, cfg, params, progress, start_time)
                 if kl_now < best_kl:
                     best_kl, best = kl_now, (now, step, copy.deepcopy(converted.state_dict()))
                 if progress:
-                    progress(f"[recover] step {step}: loss {float(loss):.4f}, held-out agreement {100 * now[0]:.1f} %, "
-                             f"KL {now[1]:.4f} (best {100 * best[0][0]:.1f} % at step {best[1]})")
+                    progress(f"[recover] step {step}: loss {float(loss.detach()):.4f}, held-out agreement "
+                             f"{100 * now[0]:.1f} %, KL {now[1]:.4f} (best {100 * best[0][0]:.1f} % at step {best[1]})")
     finally:
         features.close()
     converted.load_state_dict(best[2])

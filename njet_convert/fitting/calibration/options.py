@@ -22,6 +22,9 @@ class CalibrationOptions:
     same inputs (see :mod:`.blockwise`).
     ``holdout`` / ``holdout_min``: the share of the calibration images (at least ``holdout_min``, at most half)
     kept out of every fit to measure the conversion's fidelity on (``holdout=0``: none).
+    ``activation_floor`` / ``activation_margin``: depthwise layers followed by a batch norm weigh each sampled
+    position by how far the original's batch-norm output is above ``-activation_margin`` (floor ``activation_floor``;
+    1 turns the weighting off), see :mod:`.activation`.
     """
 
     ridge: float = 1e-6
@@ -42,6 +45,8 @@ class CalibrationOptions:
     block_features: int = 512
     holdout: float = 0.1
     holdout_min: int = 16
+    activation_floor: float = 1.0
+    activation_margin: float = 1.0
 
     def __post_init__(self) -> None:
         if self.batchnorm not in ("auto", "always", "never"):
