@@ -74,7 +74,10 @@ def convert(
         model: any ``nn.Module`` CNN (timm, torchvision, custom). Not modified.
         order, k, subsample, include, exclude: see :class:`~njet_convert.config.ConvertConfig`.
         calibration: unlabeled inputs for the data-aware fit: a float tensor ``[N, C, H, W]`` or an iterable of
-            batches (tensors or ``(tensor, label)`` tuples). ``None``: plain least-squares fits.
+            batches (tensors or ``(tensor, label)`` tuples); ``"synthetic"``: inputs synthesised from the model's
+            batch-norm statistics (:mod:`njet_convert.data.synthetic`), for users without data. ``None``: plain
+            least-squares fits. With ``recover=`` (see :class:`ConvertConfig`) the network is then distilled towards
+            the original on these images, a held-out slice of them deciding which state is kept.
         config: a :class:`ConvertConfig`; keyword arguments given explicitly override its fields.
         source: the architecture for :func:`njet_convert.load`: ``"timm:<name>"``, ``"torchvision:<name>"``,
             ``"package.module:callable"`` or ``{"name": ..., "kwargs": {...}}``; default: detected for timm models,
@@ -85,13 +88,18 @@ def convert(
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     cfg = _config(config, order, k, subsample, include, exclude, options)
     _check_calibration(calibration)
+    if isinstance(calibration, str) and cfg.fit:  # "synthetic": inputs made from the model's batch-norm statistics
+        calibration = _synthetic_calibration(model, cfg)
     data = checked_calibration(calibration, model) if calibration is not None and cfg.fit else None
     start = time.perf_counter()
     report = ConversionReport(options=cfg.to_dict())
     report.params_before = _count(model)
     out, state = rewrite(model, cfg, report, example=_example_input(model, cfg, calibration))
     if data is not None:
-        _calibrate(out, model, state, data, cfg)
+        fit_data, held = (data, None) if cfg.recover is None else _recovery_split(data)
+        _calibrate(out, model, state, fit_data, cfg)
+        if cfg.recover is not None:
+            _recover(out, model, state, fit_data, held, cfg)
     finalize_subsampling(out, state.strides)
     _finish_report(out, state, report)
     report.seconds = time.perf_counter() - start
@@ -116,7 +124,7 @@ def _config(config, order, k, subsample, include, exclude, options) -> ConvertCo
 
 
 def _check_calibration(data: Any) -> None:
-    if data is None:
+    if data is None or (isinstance(data, str) and data == "synthetic"):
         return
     if torch.is_tensor(data):
         if data.dim() != 4 or not data.is_floating_point() or data.shape[0] == 0:
@@ -229,6 +237,46 @@ def _example_input(model: nn.Module, cfg: ConvertConfig, calibration: Any) -> Te
     if size is None and isinstance(pretrained, Mapping) and pretrained.get("input_size"):
         size = tuple(int(v) for v in pretrained["input_size"])
     return torch.zeros(1, *size, dtype=dtype, device=device) if size else None
+
+
+def _synthetic_calibration(model: nn.Module, cfg: ConvertConfig) -> Tensor:
+    """``SYNTHETIC_IMAGES`` inputs synthesised from ``model``'s batch-norm statistics (:mod:`.data.synthetic`), at
+    ``cfg.input_size`` or timm's ``pretrained_cfg["input_size"]``."""
+    from .data.synthetic import SYNTHETIC_IMAGES, synthesize
+
+    size = cfg.input_size
+    pretrained = getattr(model, "pretrained_cfg", None)
+    if size is None and isinstance(pretrained, Mapping) and pretrained.get("input_size"):
+        size = tuple(int(v) for v in pretrained["input_size"])
+    if size is None:
+        raise ValueError("calibration='synthetic' needs the input size: pass input_size=(C, H, W)")
+    progress = (lambda line: print(line, flush=True)) if cfg.progress else None
+    return synthesize(model, SYNTHETIC_IMAGES, tuple(size), progress=progress)
+
+
+def _recovery_split(data) -> tuple[Tensor, Tensor]:
+    """The calibration images as one tensor, split into the images the fits see and a held-out slice."""
+    from .recovery import split_heldout
+
+    if torch.is_tensor(data):
+        images = data
+    else:
+        images = torch.cat([item[0] if isinstance(item, tuple | list) else item for item in data])
+    return split_heldout(images)
+
+
+def _recover(out: nn.Module, original: nn.Module, state: SurgeryState, train: Tensor, held: Tensor,
+             cfg: ConvertConfig) -> None:
+    """Distil ``out`` towards ``original`` (:mod:`.recovery`), keeping the best state on the held-out slice."""
+    from .recovery import recover
+
+    progress = (lambda line: print(line, flush=True)) if cfg.progress else None
+    result = recover(out, original, train, held, cfg.recover, progress=progress)
+    fidelity = getattr(state.report, "fidelity", None)
+    if isinstance(fidelity, dict):
+        fidelity["recovered"] = {"images": int(held.shape[0]), "agreement": result.end[0], "kl": result.end[1]}
+    state.report.recovery = {"steps": result.steps, "best_step": result.best_step, "seconds": result.seconds,
+                             "start": list(result.start), "end": list(result.end)}
 
 
 def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, cfg: ConvertConfig) -> None:

@@ -139,7 +139,7 @@ def _run(converted, original, train, heldout, cfg, params, progress, start_time)
     optimiser = torch.optim.Adam(params, lr=cfg.lr)
     step = 0
     try:
-        while not _spent(cfg, step, start_time):
+        while step == 0 or not _spent(cfg, step, start_time):  # at least one step, whatever the budget
             batch = _augment(train, cfg, gen)
             loss = _loss(converted, original, batch, features, cfg)
             optimiser.zero_grad(set_to_none=True)

@@ -71,3 +71,16 @@ def test_recover_config_rejects_bad_values():
         RecoverConfig(params="everything")
     with pytest.raises(ValueError):
         RecoverConfig(crop_scale=0.0)
+
+
+def test_convert_with_recover_keeps_the_best_state_and_reports_it(one_thread):
+    original = _tiny_net()
+    images = _images(48, 3)
+    _, report = convert(original, order=2, calibration=images,
+                        recover=RecoverConfig(seconds=None, steps=4, lr=1e-3, eval_every=2))
+    assert report.recovery["steps"] == 4
+    start, end = report.recovery["start"], report.recovery["end"]
+    assert end[1] <= start[1] + 1e-12
+    assert report.options["recover"]["steps"] == 4
+    with pytest.raises(ValueError, match="recover"):
+        convert(original, order=2, calibration=images, recover="long")

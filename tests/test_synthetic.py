@@ -54,3 +54,13 @@ def test_mix_synthetic_tops_up_only_when_short(one_thread):
 def test_synthesis_needs_batch_norm():
     with pytest.raises(ValueError, match="batch-norm"):
         synthesize(nn.Sequential(nn.Conv2d(3, 3, 3)), 2, (3, 8, 8))
+
+
+def test_convert_calibrates_on_synthetic_inputs(one_thread):
+    from njet_convert import convert
+
+    net = _net_with_stats()
+    _, report = convert(net, order=2, calibration="synthetic", input_size=(3, 16, 16))
+    assert report.calibrated
+    with pytest.raises(ValueError, match="input size"):
+        convert(net, order=2, calibration="synthetic")

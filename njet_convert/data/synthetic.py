@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SynthesisConfig", "mix_synthetic", "synthesize"]
+__all__ = ["SYNTHETIC_IMAGES", "SynthesisConfig", "mix_synthetic", "synthesize"]
+
+SYNTHETIC_IMAGES = 64  # what convert(calibration="synthetic") synthesises
 
 
 @dataclass
