@@ -46,14 +46,13 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {PROG} --help)")
 
 
-def _order(text: str) -> int:
+def _order(text: str) -> int | dict[str, int]:
+    from .config import parse_order
+
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return value
+        return parse_order(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _positive(name: str, kind: type = float) -> Callable[[str], Any]:
@@ -88,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "package.module:callable.")
     p.add_argument("model", nargs="?", metavar="MODEL", help="what to convert (see below)")
     g = p.add_argument_group("conversion")
-    g.add_argument("--order", type=_order, help="N-Jet basis order (default 3, or the recipe's)")
+    g.add_argument("--order", type=_order, metavar="ORDER|RULES",
+                   help="N-Jet basis order (default 3, or the recipe's), or per-layer rules, first match wins: "
+                        "e.g. depthwise=4,*=3 (kinds depthwise/grouped/dense/pointwise, name globs, re:regex) or JSON")
     g.add_argument("--k", type=_positive("--k"), help="filter extent in σ: size 2⌈kσ⌉+1 (default 2)")
     g.add_argument("--subsample", choices=("safe", "keep"), help="strides -> safe subsampling, or keep them")
     g.add_argument("--calibrate", metavar="DATA", help="fit on real inputs: photos, a dataset name or image folder; "
@@ -396,6 +397,8 @@ def _convert(run: _Run) -> str:
 
     import njet_convert
 
+    from .config import describe_order
+
     args, spec, log = run.args, run.spec, run.log
     start = time.perf_counter()
     if args.recover and not args.calibrate:
@@ -409,7 +412,7 @@ def _convert(run: _Run) -> str:
         calibration = "synthetic"
     elif args.calibrate and not args.dry_run:
         calibration = _calibration(run, input_size).to(device)
-    log(f"converting {spec.name} (order {args.order}, k {args.k:g}, subsample {args.subsample}"
+    log(f"converting {spec.name} (order {describe_order(args.order)}, k {args.k:g}, subsample {args.subsample}"
         f"{', calibrated on ' + args.calibrate if calibration is not None else ''}) on {device} ...")
     options = {"progress": not args.quiet, "fit": not args.dry_run, "input_size": tuple(input_size)}
     if args.recover:
@@ -521,9 +524,13 @@ def _summary(run: _Run, report: Any) -> str:
     fit = f", mean fit error {err:.4f}" if err == err else ""
     where = "dry run, nothing written" if run.args.dry_run else f"saved to {run.out}/"
     onnx = " + model.onnx" if "onnx" in run.result else ""
-    return (f"{run.spec.name}: {len(report.layers)} conv(s) -> N-Jet (order {run.args.order}), "
+    from .config import describe_order
+
+    fidelity = report.fidelity_summary()
+    fidelity = f"; {fidelity}" if fidelity else ""
+    return (f"{run.spec.name}: {len(report.layers)} conv(s) -> N-Jet (order {describe_order(run.args.order)}), "
             f"{len(report.subsampling)} subsampling point(s), params {report.params_before:,} -> "
-            f"{report.params_after:,}{fit} [{run.result['weights'].split(':')[0]}]; {where}{onnx} "
+            f"{report.params_after:,}{fit}{fidelity} [{run.result['weights'].split(':')[0]}]; {where}{onnx} "
             f"({run.result['seconds']:.1f} s)")
 
 

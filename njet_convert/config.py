@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -10,7 +11,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-__all__ = ["SUBSAMPLE_MODES", "ConvertConfig", "Rule"]
+__all__ = ["CONV_KINDS", "SUBSAMPLE_MODES", "ConvertConfig", "Rule", "describe_order", "parse_order"]
 
 SUBSAMPLE_MODES = ("safe", "keep")
 _INTERPOLATION = ("nearest", "bilinear", "bicubic", "area")
@@ -20,13 +21,19 @@ _MATCH = ("auto", "always", "never")
 # called as ``rule(name, module) -> bool``.
 Rule = type | str | re.Pattern | Callable[[str, nn.Module], bool]
 
+# Kinds of conv an order rule can name instead of a name pattern (see parse_order).
+CONV_KINDS = ("depthwise", "grouped", "dense", "pointwise")
+
 
 @dataclass
 class ConvertConfig:
     """Options of a conversion.
 
     Attributes:
-        order: highest derivative order of the N-Jet basis (3 in the paper).
+        order: highest derivative order of the N-Jet basis (3 in the paper), or per-layer rules: a mapping
+            ``{rule: order}`` whose first matching rule gives a conv's order, e.g. ``{"depthwise": 4, "*": 3}``
+            (rules: a conv kind from ``CONV_KINDS``, a qualified-name glob or a ``re:`` regex), or the same as text
+            (``"depthwise=4,*=3"`` or JSON); see :func:`parse_order`.
         k: filter extent in σ (filter size ``2 * ceil(k * sigma) + 1``; 2 in the paper).
         subsample: ``"safe"`` turns strides and strided pools into stride 1 + :class:`~njet_layers.SafeSubsample`
             (sizes follow σ in training); ``"keep"`` leaves strides and pools as they are.
@@ -64,8 +71,7 @@ class ConvertConfig:
     input_size: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 0:
-            raise ValueError(f"order must be a non-negative integer, got {self.order!r}")
+        self.order = parse_order(self.order)
         k = self.k
         if isinstance(k, bool) or not isinstance(k, int | float) or not k > 0 or not math.isfinite(k):
             raise ValueError(f"k must be a positive finite number, got {self.k!r}")
@@ -148,3 +154,65 @@ def describe_rule(rule: Rule) -> str:
     if isinstance(rule, str):
         return rule
     return f"predicate:{getattr(rule, '__module__', '?')}.{getattr(rule, '__qualname__', repr(rule))}"
+
+
+def parse_order(value: Any) -> int | dict[str, int]:
+    """An order, or order rules, checked: a non-negative int; a mapping ``{rule: order}`` (rules are conv kinds of
+    ``CONV_KINDS``, name globs or ``re:`` regexes; the first that matches a conv gives its order, a conv that no
+    rule matches is a ``ValueError`` at conversion); or text: ``"3"``, ``"depthwise=4,*=3"`` or a JSON object.
+    ``ValueError`` in one line otherwise."""
+    if isinstance(value, str):
+        value = _order_text(value)
+    if isinstance(value, dict):
+        if not value:
+            raise ValueError("order rules must not be empty")
+        rules = {}
+        for rule, order in value.items():
+            if not isinstance(rule, str) or not rule:
+                raise ValueError(f"order rule {rule!r} must be a conv kind {CONV_KINDS}, a name glob or a 're:' regex")
+            if rule.startswith("re:"):
+                try:
+                    re.compile(rule[3:])
+                except re.error as err:
+                    raise ValueError(f"order rule: bad regex {rule!r}: {err}") from None
+            rules[rule] = _order_value(order, f"order of rule {rule!r}")
+        return rules
+    return _order_value(value, "order")
+
+
+def _order_value(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10:
+        raise ValueError(f"{what} must be an integer from 0 to 10, got {value!r}")
+    return value
+
+
+def _order_text(text: str) -> int | dict[str, Any]:
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            loaded = json.loads(text)
+        except ValueError as err:
+            raise ValueError(f"order: bad JSON {text!r}: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"order: JSON must be an object of rule -> order, got {text!r}")
+        return loaded
+    if "=" not in text:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"order must be an integer or rules like 'depthwise=4,*=3', got {text!r}") from None
+    rules: dict[str, Any] = {}
+    for part in text.split(","):
+        rule, sep, order = part.strip().rpartition("=")
+        try:
+            if not sep:
+                raise ValueError
+            rules[rule.strip()] = int(order)
+        except ValueError:
+            raise ValueError(f"order rule {part.strip()!r} must be RULE=ORDER with an integer order") from None
+    return rules
+
+
+def describe_order(order: int | dict[str, int]) -> str:
+    """``3`` or ``depthwise=4,*=3``: the order as the CLI takes it."""
+    return str(order) if isinstance(order, int) else ",".join(f"{r}={o}" for r, o in order.items())

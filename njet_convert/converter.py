@@ -32,6 +32,7 @@ from njet_layers import MatchSize, NJetConv2d, SafeSubsample
 
 from .config import ConvertConfig
 from .errors import first_line
+from .order_advice import recommend_orders
 from .report import ConversionReport
 from .surgery import (
     FunctionalPools,
@@ -102,6 +103,8 @@ def convert(
             _recover(out, model, state, fit_data, held, cfg)
     finalize_subsampling(out, state.strides)
     _finish_report(out, state, report)
+    report.recommendations = recommend_orders(report, cfg.order, {n: model.get_submodule(o)
+                                                                  for n, o in state.pairs.items()})
     report.seconds = time.perf_counter() - start
     src = source_of(model, source, resolve=False)
     if source is None and type(model).__module__.startswith("torchvision.models"):
@@ -280,25 +283,44 @@ def _recover(out: nn.Module, original: nn.Module, state: SurgeryState, train: Te
 
 
 def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, cfg: ConvertConfig) -> None:
-    from .fitting import calibrate
+    """Calibrate on ``data`` less its held-out slice, and measure the fidelity per stage on that slice."""
+    from .fidelity import logits, stage_fidelity
+    from .fitting import CalibrationOptions, calibrate
+    from .fitting.calibration.holdout import split_holdout
 
     pairs = {n: o for n, o in state.pairs.items() if n not in state.no_calibration}
     if not pairs:
         return
-    kwargs = {"options": cfg.calibration_options} if cfg.calibration_options is not None else {}
-    fits = calibrate(out, original, pairs, data, order=cfg.order, k=cfg.k, progress=cfg.progress, **kwargs)
+    opts = cfg.calibration_options if cfg.calibration_options is not None else CalibrationOptions()
+    fit_data, held = split_holdout(data, opts.holdout, opts.holdout_min)
+    reference = logits(original, held) if held is not None and _tensor_output(original, held) else None
+    if reference is not None:
+        state.report.fidelity["plain"] = stage_fidelity(out, reference, held)
+    fits = calibrate(out, original, pairs, fit_data, progress=cfg.progress, options=opts)
     state.report.calibrated = True
+    if "plain" in state.report.fidelity:
+        state.report.fidelity["calibrated"] = stage_fidelity(out, reference, held)
     for record in state.report.layers:
         if record.name in fits:
             record.fit_error = float(fits[record.name].error)
             record.note = (record.note + " calibrated").strip()
 
 
+@torch.no_grad()
+def _tensor_output(model: nn.Module, images: Tensor) -> bool:
+    """Whether ``model`` gives a tensor (not a dict or tuple), so that its fidelity can be measured."""
+    mode = model.training
+    try:
+        return torch.is_tensor(model.eval()(images[:1]))
+    finally:
+        model.train(mode)
+
+
 def _finish_report(out: nn.Module, state: SurgeryState, report: ConversionReport) -> None:
     modules = dict(out.named_modules())
     for record in report.layers:
         layer = modules[record.name]
-        record.sigma, record.kernel_size = float(layer.sigma.detach()), layer.kernel_size
+        record.sigma, record.kernel_size, record.order = float(layer.sigma.detach()), layer.kernel_size, layer.order
     for record in report.subsampling:
         ss = modules[record.name]
         record.factor, record.r = ss.factor, ss.r

@@ -30,6 +30,7 @@ class LayerRecord:
     crop: tuple[int, int] = (0, 0)
     how: str = "graph"  # "graph" (placed by the fx pass) or "module" (swapped by name)
     note: str = ""
+    order: int = 3
 
 
 @dataclass
@@ -75,6 +76,10 @@ class ConversionReport:
     options: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     calibrated: bool = False
+    # stage ("plain", "calibrated", "recovered") -> {"images", "agreement", "kl"} (or "output_error" for outputs that
+    # are not logits) on the calibration images held out of every fit
+    fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
+    recommendations: list[str] = field(default_factory=list)
 
     def skip(self, name: str, type_name: str, reason: str) -> None:
         self.skipped.append(SkipRecord(name, type_name, reason))
@@ -98,13 +103,14 @@ class ConversionReport:
             f"{len(self.skipped)} skipped; parameters {self.params_before:,} -> {self.params_after:,}"
             f" ({'fx graph' if self.traced else 'module swap only: model not traceable'})",
             "",
-            "| layer | original | shape | became | sigma | size | fit error | how |",
-            "|---|---|---|---|---|---|---|---|",
         ]
+        lines += self._fidelity_lines()
+        lines += ["| layer | original | shape | became | order | sigma | size | fit error | how |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in self.layers:
             extra = f" {r.note}" if r.note else ""
             lines.append(f"| {r.name} | {r.original_type} | {'x'.join(map(str, r.original_shape))} | {r.new_type}"
-                         f" | {r.sigma:.3g} | {r.kernel_size} | {r.fit_error:.4f} | {r.how}{extra} |")
+                         f" | {r.order} | {r.sigma:.3g} | {r.kernel_size} | {r.fit_error:.4f} | {r.how}{extra} |")
         if self.subsampling:
             lines += ["", "| subsampling | replaces | kind | stride | factor | r | group | sigma from | rounding |",
                       "|---|---|---|---|---|---|---|---|---|"]
@@ -121,10 +127,37 @@ class ConversionReport:
         if self.skipped:
             lines += ["", "| skipped | type | reason |", "|---|---|---|"]
             lines += [f"| {s.name} | {s.type} | {s.reason} |" for s in self.skipped]
+        lines += [f"\nRecommendation: {text}" for text in self.recommendations]
         return "\n".join(lines)
+
+    def fidelity_summary(self) -> str:
+        """One line: agreement and KL per stage on the held-out images (empty without a held-out slice)."""
+        parts = [f"{stage} {_measure(m)}" for stage, m in self.fidelity.items()]
+        if not parts:
+            return ""
+        images = next(iter(self.fidelity.values())).get("images", 0)
+        return f"held-out fidelity ({images} images): " + ", ".join(parts)
+
+    def _fidelity_lines(self) -> list[str]:
+        if not self.fidelity:
+            return []
+        lines = [f"Fidelity on {next(iter(self.fidelity.values())).get('images', 0)} calibration images held out "
+                 "of every fit:", "", "| stage | top-1 agreement | KL(original ‖ converted) |", "|---|---|---|"]
+        for stage, m in self.fidelity.items():
+            if "agreement" in m:
+                lines.append(f"| {stage} | {100 * m['agreement']:.1f} % | {m['kl']:.4f} |")
+            else:
+                lines.append(f"| {stage} | relative output error {m.get('output_error', float('nan')):.4f} | |")
+        return [*lines, ""]
 
     def __str__(self) -> str:
         return self.to_markdown()
+
+
+def _measure(m: dict[str, float]) -> str:
+    if "agreement" in m:
+        return f"{100 * m['agreement']:.1f} % agreement (KL {m['kl']:.3f})"
+    return f"output error {m.get('output_error', float('nan')):.4f}"
 
 
 def _finite(value: Any) -> Any:

@@ -7,9 +7,42 @@ import re
 
 from torch import nn
 
-from ..config import Rule, describe_rule
+from ..config import CONV_KINDS, Rule, describe_order, describe_rule
 
-__all__ = ["Selector"]
+__all__ = ["Selector", "conv_kind", "order_for", "rule_matches"]
+
+
+def rule_matches(rule: Rule, name: str, module: nn.Module | None) -> bool:
+    """Whether one selection rule (type, glob, ``re:`` regex, compiled pattern or predicate) matches."""
+    if isinstance(rule, type):
+        return isinstance(module, rule)
+    if isinstance(rule, re.Pattern):
+        return rule.fullmatch(name) is not None
+    if isinstance(rule, str):
+        regex = rule.startswith("re:")
+        return re.fullmatch(rule[3:], name) is not None if regex else fnmatch.fnmatchcase(name, rule)
+    return bool(rule(name, module))
+
+
+def conv_kind(conv: nn.Module) -> str:
+    """``"depthwise"`` (one input channel per group), ``"grouped"``, ``"pointwise"`` (1×1, one group) or
+    ``"dense"``."""
+    groups, channels = getattr(conv, "groups", 1), getattr(conv, "in_channels", 1)
+    if groups > 1:
+        return "depthwise" if groups == channels else "grouped"
+    return "pointwise" if tuple(getattr(conv, "kernel_size", (3, 3))) == (1, 1) else "dense"
+
+
+def order_for(order: int | dict[str, int], name: str, conv: nn.Module) -> int:
+    """The order of conv ``name``: ``order`` itself, or the first order rule that matches (a kind of
+    ``CONV_KINDS`` matches by :func:`conv_kind`, other rules by name); ``ValueError`` if none does."""
+    if isinstance(order, int):
+        return order
+    for rule, value in order.items():
+        if (conv_kind(conv) == rule) if rule in CONV_KINDS else rule_matches(rule, name, conv):
+            return value
+    raise ValueError(f"order rules {describe_order(order)!r} give no order for conv {name!r} "
+                     f"({conv_kind(conv)}): add a rule such as '*=3'")
 
 
 class Selector:
@@ -21,15 +54,7 @@ class Selector:
         self.accepted: set[str] = set()
 
     def _match(self, rule: Rule, name: str, module: nn.Module | None) -> bool:
-        if isinstance(rule, type):
-            hit = isinstance(module, rule)
-        elif isinstance(rule, re.Pattern):
-            hit = rule.fullmatch(name) is not None
-        elif isinstance(rule, str):
-            regex = rule.startswith("re:")
-            hit = re.fullmatch(rule[3:], name) is not None if regex else fnmatch.fnmatchcase(name, rule)
-        else:
-            hit = bool(rule(name, module))
+        hit = rule_matches(rule, name, module)
         if hit:
             self.hits[id(rule)] = self.hits.get(id(rule), 0) + 1
         return hit

@@ -24,6 +24,7 @@ from .convs import ConvPlan, plan_conv
 from .joins import analyse_joins
 from .modules import PadSame
 from .pools import POOL_FUNCTIONS, PoolPlan, plan_pool_call, plan_pool_module, stride1_pool
+from .selection import order_for
 from .state import SIZES, Point, SurgeryState
 
 __all__ = ["FunctionalPools", "PlaceSubsampling", "SwapConvs", "SwapPools", "Transform", "finalize_subsampling"]
@@ -158,13 +159,14 @@ class SwapConvs(Transform):
     def _build(self, name: str, conv: nn.Conv2d, plan: ConvPlan, stride) -> tuple[NJetConv2d, float]:
         cfg = self.state.cfg
         weight = plan.weight()
+        order = order_for(cfg.order, name, conv)
         if cfg.fit:
-            fit = fit_kernels(weight, cfg.order, cfg.k, sigma_grid=cfg.sigma_grid, dilation=plan.dilation)
+            fit = fit_kernels(weight, order, cfg.k, sigma_grid=cfg.sigma_grid, dilation=plan.dilation)
             sigma, alpha, error = fit.sigma, fit.alpha, fit.error
         else:
             need = max(d * (k - 1) - d * (k - 1) // 2 for k, d in zip(plan.kernel_size, plan.dilation, strict=True))
             sigma, alpha, error = self.state.sigma_for.get(name, max(need, 1) / cfg.k), None, float("nan")
-        layer = NJetConv2d(conv.in_channels, conv.out_channels, order=cfg.order, sigma=sigma, k=cfg.k,
+        layer = NJetConv2d(conv.in_channels, conv.out_channels, order=order, sigma=sigma, k=cfg.k,
                            groups=conv.groups, bias=conv.bias is not None, stride=stride, crop=plan.crop,
                            learn_sigma=cfg.learn_sigma, device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
