@@ -97,10 +97,7 @@ def convert(
     report.params_before = _count(model)
     out, state = rewrite(model, cfg, report, example=_example_input(model, cfg, calibration))
     if data is not None:
-        fit_data, held = (data, None) if cfg.recover is None else _recovery_split(data)
-        _calibrate(out, model, state, fit_data, cfg)
-        if cfg.recover is not None:
-            _recover(out, model, state, fit_data, held, cfg)
+        _calibrate(out, model, state, data, cfg)
     finalize_subsampling(out, state.strides)
     _finish_report(out, state, report)
     report.recommendations = recommend_orders(report, cfg.order, {n: model.get_submodule(o)
@@ -257,27 +254,22 @@ def _synthetic_calibration(model: nn.Module, cfg: ConvertConfig) -> Tensor:
     return synthesize(model, SYNTHETIC_IMAGES, tuple(size), progress=progress)
 
 
-def _recovery_split(data) -> tuple[Tensor, Tensor]:
-    """The calibration images as one tensor, split into the images the fits see and a held-out slice."""
-    from .recovery import split_heldout
-
+def _images_of(data) -> Tensor:
+    """The fit data (a tensor or a list of batches) as one tensor."""
     if torch.is_tensor(data):
-        images = data
-    else:
-        images = torch.cat([item[0] if isinstance(item, tuple | list) else item for item in data])
-    return split_heldout(images)
+        return data
+    return torch.cat([item[0] if isinstance(item, tuple | list) else item for item in data])
 
 
 def _recover(out: nn.Module, original: nn.Module, state: SurgeryState, train: Tensor, held: Tensor,
-             cfg: ConvertConfig) -> None:
+             reference: Tensor, cfg: ConvertConfig) -> None:
     """Distil ``out`` towards ``original`` (:mod:`.recovery`), keeping the best state on the held-out slice."""
+    from .fidelity import stage_fidelity
     from .recovery import recover
 
     progress = (lambda line: print(line, flush=True)) if cfg.progress else None
     result = recover(out, original, train, held, cfg.recover, progress=progress)
-    fidelity = getattr(state.report, "fidelity", None)
-    if isinstance(fidelity, dict):
-        fidelity["recovered"] = {"images": int(held.shape[0]), "agreement": result.end[0], "kl": result.end[1]}
+    state.report.fidelity["recovered"] = stage_fidelity(out, reference, held)
     state.report.recovery = {"steps": result.steps, "best_step": result.best_step, "seconds": result.seconds,
                              "start": list(result.start), "end": list(result.end)}
 
@@ -300,6 +292,11 @@ def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, c
     state.report.calibrated = True
     if "plain" in state.report.fidelity:
         state.report.fidelity["calibrated"] = stage_fidelity(out, reference, held)
+    if cfg.recover is not None:
+        if reference is None or reference.dim() != 2:
+            raise ValueError("recover needs a classifier (logits [N, classes]) and a held-out slice of the "
+                             "calibration images (calibration_options.holdout > 0, at least 2 images)")
+        _recover(out, original, state, _images_of(fit_data), held, reference, cfg)
     for record in state.report.layers:
         if record.name in fits:
             record.fit_error = float(fits[record.name].error)

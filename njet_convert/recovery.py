@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from njet_layers import NJetConv2d
 
-__all__ = ["RecoverConfig", "RecoveryResult", "recover", "split_heldout"]
+__all__ = ["RecoverConfig", "RecoveryResult", "recover"]
 
 
 @dataclass
@@ -82,18 +82,6 @@ class RecoveryResult:
     best_step: int
     seconds: float
     history: list[tuple[int, float, float]] = field(default_factory=list)
-
-
-def split_heldout(images: Tensor, fraction: float = 0.1, minimum: int = 16) -> tuple[Tensor, Tensor]:
-    """``(train, heldout)``: every ``1/fraction``-th image held out (at least ``minimum``, at most half)."""
-    n = images.shape[0]
-    count = min(max(minimum, math.ceil(fraction * n)), n // 2)
-    if count < 1:
-        raise ValueError(f"need at least 2 images to hold some out, got {n}")
-    held = torch.linspace(0, n - 1, count).round().long().unique()
-    mask = torch.ones(n, dtype=torch.bool)
-    mask[held] = False
-    return images[mask], images[held]
 
 
 def recover(converted: nn.Module, original: nn.Module, train: Tensor, heldout: Tensor,

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from njet_convert import convert
-from njet_convert.recovery import RecoverConfig, recover, split_heldout
+from njet_convert.fitting.calibration.holdout import split_holdout
+from njet_convert.recovery import RecoverConfig, recover
 
 
 def _tiny_net() -> nn.Module:
@@ -34,7 +35,7 @@ def _heldout_kl(model, original, images) -> float:
 def test_recovery_keeps_the_best_state_even_when_training_diverges(one_thread):
     original = _tiny_net()
     converted, _ = convert(original, order=2)
-    train, held = split_heldout(_images(48, 1), minimum=16)
+    train, held = split_holdout(_images(48, 1), 0.1, 16)
     before = _heldout_kl(converted, original, held)
     # a huge learning rate makes every step worse: the kept state must be the starting one
     result = recover(converted, original, train, held, RecoverConfig(seconds=None, steps=6, lr=10.0, eval_every=2))
@@ -48,20 +49,13 @@ def test_recovery_keeps_the_best_state_even_when_training_diverges(one_thread):
 def test_recovery_lowers_heldout_kl_of_a_plain_conversion(one_thread):
     original = _tiny_net()
     converted, _ = convert(original, order=2)
-    train, held = split_heldout(_images(64, 2), minimum=16)
+    train, held = split_holdout(_images(64, 2), 0.1, 16)
     flags = [p.requires_grad for p in converted.parameters()]
     result = recover(converted, original, train, held,
                      RecoverConfig(seconds=None, steps=40, lr=1e-2, batch_size=16, eval_every=10))
     assert result.end[1] < 0.9 * result.start[1]
     assert result.best_step > 0
     assert [p.requires_grad for p in converted.parameters()] == flags
-
-
-def test_split_heldout_is_disjoint_and_sized():
-    images = torch.arange(100.0).view(100, 1, 1, 1)
-    train, held = split_heldout(images, fraction=0.1, minimum=16)
-    assert held.shape[0] == 16 and train.shape[0] == 84
-    assert not set(train.flatten().tolist()) & set(held.flatten().tolist())
 
 
 def test_recover_config_rejects_bad_values():
@@ -82,5 +76,7 @@ def test_convert_with_recover_keeps_the_best_state_and_reports_it(one_thread):
     start, end = report.recovery["start"], report.recovery["end"]
     assert end[1] <= start[1] + 1e-12
     assert report.options["recover"]["steps"] == 4
+    assert set(report.fidelity) == {"plain", "calibrated", "recovered"}
+    assert report.fidelity["recovered"]["kl"] <= report.fidelity["calibrated"]["kl"] + 1e-9
     with pytest.raises(ValueError, match="recover"):
         convert(original, order=2, calibration=images, recover="long")
