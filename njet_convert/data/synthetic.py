@@ -85,12 +85,15 @@ def synthesize(model: nn.Module, n: int, shape: tuple[int, int, int], config: Sy
 
 
 def mix_synthetic(real: Tensor, model: nn.Module, minimum: int, config: SynthesisConfig | None = None) -> Tensor:
-    """``real`` topped up with synthesised inputs to at least ``minimum`` images (unchanged if it has as many)."""
+    """``real`` topped up with synthesised inputs to at least ``minimum`` images (unchanged if it has as many).
+
+    The synthetic images come first: the calibration holds out the last images, so its fidelity figure is then
+    measured on real ones."""
     missing = minimum - real.shape[0]
     if missing <= 0:
         return real
     extra = synthesize(model, missing, tuple(real.shape[1:]), config).to(real.dtype)
-    return torch.cat([real, extra])
+    return torch.cat([extra, real])
 
 
 def _one_batch(model, norms, count, shape, cfg: SynthesisConfig, gen, param) -> Tensor:
