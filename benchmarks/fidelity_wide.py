@@ -8,8 +8,10 @@ exact fit's ``max_features``, so it is calibrated blockwise), on 1×28×28 input
 kernels are real, and cached as safetensors under the data folder (``$NJET_DATA`` or ``~/.cache/njet/data``);
 later runs load it. Calibration images come from the training split, the evaluation images from the test split.
 
-Rows: the original network; the plain least-squares conversion; the calibrated one at several ``block_features``
-(features per block of the wide layer: 10 is one input channel per block, 2560 the exact fit of the whole layer).
+Rows: the plain least-squares conversion; the calibrated one at several ``block_features`` (features per block of
+the wide layer at most: 10 is one input channel per block, 2560 the whole layer in one block; fewer when the samples
+support fewer, see the last column; the narrower dense convs use the exact fit up to ``min(2048, block_features)``
+features, so the row ``10`` fits every dense conv one input channel per block).
 Columns: top-1 agreement with the original and KL(original ‖ converted) on the test images, test accuracy, the
 wide layer's held-out output error, conversion time (wall, CPU) and the process's peak resident memory.
 
@@ -105,13 +107,17 @@ def _layer_error(model: nn.Module, original: nn.Module, images: Tensor) -> float
     return float((outs[0] - outs[1]).pow(2).sum() / outs[1].pow(2).sum())
 
 
+def _note(report) -> str:
+    return next((r.note or "plain fit" for r in report.layers if r.name == WIDE_LAYER), "")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-images", type=int, default=12000, help="training images (first use only)")
     parser.add_argument("--calibration", type=int, default=256, help="calibration images (training split)")
     parser.add_argument("--test", type=int, default=2000, help="evaluation images (test split)")
     parser.add_argument("--order", type=int, default=3)
-    parser.add_argument("--block-features", type=int, nargs="+", default=[10, 512, 2560])
+    parser.add_argument("--block-features", type=int, nargs="+", default=[10, 128, 512, 2560])
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -125,19 +131,20 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.test} test images, torch threads={torch.get_num_threads()}; original test accuracy "
           f"{100 * _accuracy(reference, labels):.1f} %")
     print(f"{'conversion':<28} {'agree':>7} {'KL':>8} {'accuracy':>8} {'wide err':>8} {'time s':>7} {'cpu s':>7} "
-          f"{'peak GB':>7}")
+          f"{'peak GB':>7}  {WIDE_LAYER} fitted as")
     runs = [("plain", None, None)] + [(f"calibrated, block {b}", calib, b) for b in args.block_features]
     for label, data, block in runs:
         opts = CalibrationOptions(block_features=block or 512, max_features=min(2048, block or 2048))
         _reset_peak_rss()
         start, cpu = time.perf_counter(), time.process_time()
-        converted, _ = njet_convert.convert(original, order=args.order, calibration=data, calibration_options=opts)
+        converted, report = njet_convert.convert(original, order=args.order, calibration=data,
+                                                 calibration_options=opts)
         elapsed, elapsed_cpu, peak = time.perf_counter() - start, time.process_time() - cpu, _peak_rss_gb()
         agree, kl = agreement(converted, reference, held)
         acc = _accuracy(logits(converted, held), labels)
         err = _layer_error(converted, original, held[:256])
         print(f"{label:<28} {100 * agree:>6.1f}% {kl:>8.4f} {100 * acc:>7.1f}% {err:>8.4f} {elapsed:>7.1f} "
-              f"{elapsed_cpu:>7.1f} {peak:>7.2f}", flush=True)
+              f"{elapsed_cpu:>7.1f} {peak:>7.2f}  {_note(report)}", flush=True)
 
 
 if __name__ == "__main__":

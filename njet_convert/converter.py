@@ -277,7 +277,8 @@ def _recover(out: nn.Module, original: nn.Module, state: SurgeryState, train: Te
 def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, cfg: ConvertConfig) -> None:
     """Calibrate on ``data`` less its held-out slice, and measure the fidelity per stage on that slice."""
     from .fidelity import logits, stage_fidelity
-    from .fitting import CalibrationOptions, calibrate
+    from .fitting import CalibrationOptions
+    from .fitting.calibration import calibrate_layers
     from .fitting.calibration.holdout import split_holdout
 
     pairs = {n: o for n, o in state.pairs.items() if n not in state.no_calibration}
@@ -288,7 +289,8 @@ def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, c
     reference = logits(original, held) if held is not None and _tensor_output(original, held) else None
     if reference is not None:
         state.report.fidelity["plain"] = stage_fidelity(out, reference, held)
-    fits = calibrate(out, original, pairs, fit_data, progress=cfg.progress, options=opts)
+    results = {r.name: r for r in calibrate_layers(out, original, pairs, fit_data, progress=cfg.progress,
+                                                   options=opts)}
     state.report.calibrated = True
     if "plain" in state.report.fidelity:
         state.report.fidelity["calibrated"] = stage_fidelity(out, reference, held)
@@ -298,9 +300,11 @@ def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, c
                              "calibration images (calibration_options.holdout > 0, at least 2 images)")
         _recover(out, original, state, _images_of(fit_data), held, reference, cfg)
     for record in state.report.layers:
-        if record.name in fits:
-            record.fit_error = float(fits[record.name].error)
-            record.note = (record.note + " calibrated").strip()
+        result = results.get(record.name)
+        if result is not None and result.fit is not None:
+            record.fit_error = float(result.fit.error)
+            how = ", ".join(x for x in (result.strategy, result.detail, result.skipped) if x)
+            record.note = f"{record.note} calibrated ({how})".strip()
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ def test_a_wide_conv_is_calibrated_and_beats_the_plain_fit_on_held_out_images():
     calibrated, report = njet_convert.convert(model, order=3, exclude=["0"], calibration=_images(64, 0, size=16),
                                               calibration_options=opts)
     (record,) = report.layers
-    assert record.name == "2" and "calibrated" in record.note and record.fit_error == record.fit_error
+    assert record.name == "2" and "calibrated (blockwise, " in record.note and record.fit_error == record.fit_error
     held = _images(32, 1, size=16)
     assert _output_error(calibrated, model, held) < 0.9 * _output_error(plain, model, held)
 
@@ -70,18 +70,18 @@ def _mnist_cnn_and_digits(n: int):
 def test_held_out_slice_never_enters_a_fit_and_calibration_lowers_its_error(monkeypatch):
     """On a real trained CNN: the report's held-out figures per stage, calibration better than the plain fit there,
     and the images the fit saw are exactly the calibration images less the held-out slice."""
-    import njet_convert.fitting as fitting
+    import njet_convert.fitting.calibration as calibration
 
     model, images = _mnist_cnn_and_digits(160)
     seen = []
-    real = fitting.calibrate
+    real = calibration.calibrate_layers
 
     def spy(converted, original, pairs, data, **kwargs):
         seen.append(torch.cat([b if torch.is_tensor(b) else b[0] for b in data]) if not torch.is_tensor(data)
                     else data)
         return real(converted, original, pairs, data, **kwargs)
 
-    monkeypatch.setattr(fitting, "calibrate", spy)
+    monkeypatch.setattr(calibration, "calibrate_layers", spy)
     _, report = njet_convert.convert(model, order=3, calibration=images)
     (fit_images,) = seen
     assert fit_images.shape[0] == 160 - 16  # 10 % of 160, at least 16
@@ -181,3 +181,18 @@ def test_progress_is_a_bar_that_says_why_a_refit_was_skipped_and_is_silent_when_
     assert "pointwise refit skipped: too few samples" in err  # a 1×1 conv with 64 inputs and 24 * 64 samples
     njet_convert.convert(tiny, calibration=images, progress=False)
     assert capfd.readouterr().err == ""
+
+
+def test_report_recommends_orders_when_held_out_agreement_is_low_though_each_fit_is_fair():
+    from njet_convert.order_advice import recommend_orders
+    from njet_convert.report import ConversionReport, LayerRecord
+
+    convs = {"a": nn.Conv2d(8, 8, 3, groups=8), "b": nn.Conv2d(8, 8, 3, groups=8), "c": nn.Conv2d(3, 8, 3)}
+    report = ConversionReport(layers=[LayerRecord(n, "Conv2d", (8, 1, 3, 3), "NJetConv2d", 0.5, 5, e)
+                                      for n, e in (("a", 0.05), ("b", 0.08), ("c", 0.02))])
+    assert recommend_orders(report, 3, convs) == []  # no held-out figure
+    report.fidelity = {"plain": {"agreement": 0.1}, "calibrated": {"agreement": 0.95}}
+    assert recommend_orders(report, 3, convs) == []
+    report.fidelity["calibrated"]["agreement"] = 0.75
+    (advice,) = recommend_orders(report, 3, convs)
+    assert "try order='depthwise=4,*=3'" in advice and "75.0 %" in advice

@@ -52,6 +52,9 @@ class BlockwiseRefit(NJetRefit):
         supported = _samples_at_least(job) // max(1, opts.min_samples_per_feature)
         return channel_blocks(layer.alpha.shape[1], layer.alpha.shape[2], min(opts.block_features, supported))
 
+    def detail(self, job: RefitJob) -> str:
+        return f"{self.blocks(job)} blocks of {self.group_features(job)} features"
+
     def group_features(self, job: RefitJob) -> int:
         return features_per_group(job.layer) // self.blocks(job)
 

@@ -57,6 +57,10 @@ class NJetRefit:
         """Regression layout -> layer layout ``[g, F, Og]`` and offset ``[g, Og]`` (identity by default)."""
         return alpha, delta
 
+    def detail(self, job: RefitJob) -> str:
+        """How the layer was fitted, for the report ("" by default)."""
+        return ""
+
     def group_features(self, job: RefitJob) -> int:
         """Features per regression group (what the sample count is judged against)."""
         return features_per_group(job.layer)
@@ -99,7 +103,8 @@ class NJetRefit:
             if factor > 1:
                 ss.r = float(layer.sigma.detach()) / math.log2(factor)
         fit = KernelFit(alpha=layer.alpha.detach().clone(), sigma=float(sigma), error=math.sqrt(err))
-        return LayerResult(job.name, self.name, error=math.sqrt(err), fit=fit, skipped=skipped)
+        return LayerResult(job.name, self.name, error=math.sqrt(err), fit=fit, skipped=skipped,
+                           detail=self.detail(job))
 
 
 def current_alpha(layer: NJetConv2d) -> Tensor:

@@ -36,4 +36,9 @@ def maybe_reestimate(converted: nn.Module, original: nn.Module, batches: Calibra
         buffers = dict(converted.named_buffers())
         for n, value in saved.items():
             buffers[n].copy_(value)
-    return f"batch-norm re-estimation: distance {before} -> {after}, {'kept' if keep else 'reverted'}"
+    return (f"batch-norm re-estimation: output distance to the original {_num(before)} -> {_num(after)}, "
+            f"{'kept' if keep else 'reverted'}")
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"

@@ -50,6 +50,7 @@ class LayerResult:
     error: float = math.nan
     fit: KernelFit | None = None
     skipped: str = ""
+    detail: str = ""  # how the strategy fitted it (e.g. its blocks), for the report
 
     def describe(self) -> str:
         """One line for the progress display."""
