@@ -111,9 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "so σ must grow by r to halve a map once more (default 4, the paper's, or the recipe's)")
     g.add_argument("--sigma", type=_positive("--sigma"), help="σ0 of N-Jet layers built new rather than fitted: "
                    "every layer of an untrained model (default 1, the paper's initialisation, or the recipe's)")
-    g.add_argument("--calibrate", metavar="DATA", help="fit on real inputs: photos, a dataset name or image folder")
+    g.add_argument("--calibrate", metavar="DATA", help="fit on real inputs: photos, a dataset name or image folder; "
+                   "'synthetic': inputs made from the model's batch-norm statistics (no data needed)")
     g.add_argument("--calibration-images", type=_positive("--calibration-images", int), default=128, metavar="N",
                    help="images used with --calibrate (default 128)")
+    g.add_argument("--recover", type=_positive("--recover"), metavar="SECONDS",
+                   help="after --calibrate, distil towards the original for at most SECONDS (keeps the best state "
+                        "on a held-out slice of the calibration images)")
     w = p.add_argument_group("weights")
     src = w.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", metavar="PATH", help=".pth/.pt state dict or .safetensors")
@@ -474,6 +478,8 @@ def _convert(run: _Run) -> str:
 
     args, spec, log = run.args, run.spec, run.log
     start = time.perf_counter()
+    if args.recover and not args.calibrate:
+        raise UserError("--recover needs --calibrate DATA (it distils on the calibration images)")
     device = _device(args.device)
     model, weights = _load_model(run)
     if args.calibrate and weights == "untrained":
@@ -484,13 +490,17 @@ def _convert(run: _Run) -> str:
         _check_channels(model, args.input_size)
     model = model.to(device).eval()
     calibration = None
-    if args.calibrate and not args.dry_run:
+    if args.calibrate == "synthetic" and not args.dry_run:
+        calibration = "synthetic"
+    elif args.calibrate and not args.dry_run:
         calibration = _calibration(run, input_size).to(device)
     log(f"converting {spec.name} (order {describe_order(args.order)}, k {args.k:g}, subsample {args.subsample}"
         f"{', calibrated on ' + args.calibrate if calibration is not None else ''}) on {device} ...")
     untrained = weights == "untrained"  # nothing to fit: the layers are built new at σ0 = --sigma (paper: 1)
     options = {"progress": not args.quiet, "fit": not args.dry_run and not untrained, "input_size": tuple(input_size),
                "r": args.r, "sigma": args.sigma if untrained else None}
+    if args.recover:
+        options["recover"] = args.recover
     if spec.recipe is not None and (spec.recipe.convert.include or spec.recipe.convert.exclude):
         options.update(include=spec.recipe.convert.include, exclude=spec.recipe.convert.exclude)
     njet_model, report = _api(lambda: njet_convert.convert(model, order=args.order, k=args.k, subsample=args.subsample,

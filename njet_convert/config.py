@@ -54,6 +54,8 @@ class ConvertConfig:
             (``fit=False``; the paper initialises σ to 1) and subsampling points with no N-Jet layer to follow.
             ``None``: structure-only layers get the σ whose filter just covers the original kernel, own-σ points 1.
         calibration_options: extra options for the data-aware fit (``njet_convert.fitting.CalibrationOptions``).
+        recover: after the calibration, distil the converted network towards the original on the calibration images
+            (:mod:`njet_convert.recovery`): seconds of wall-clock budget, or a ``RecoverConfig``; ``None``/0: off.
         progress: print calibration progress.
         fit: fit the kernels (``False``: structure only, as :func:`njet_convert.load` does before loading weights).
         input_size: ``(C, H, W)`` of a typical input. Needed only by nets that flatten a feature map into a Linear
@@ -73,6 +75,7 @@ class ConvertConfig:
     r: float = 4.0
     sigma: float | None = None
     calibration_options: Any = None
+    recover: Any = None
     progress: bool = False
     fit: bool = True
     input_size: tuple[int, int, int] | None = None
@@ -105,6 +108,7 @@ class ConvertConfig:
             if len(size) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
                 raise ValueError(f"input_size must be three positive integers (C, H, W), got {self.input_size!r}")
             self.input_size = size
+        self.recover = _recover(self.recover)
         self.include = _rules(self.include, "include")
         self.exclude = _rules(self.exclude, "exclude")
 
@@ -121,7 +125,8 @@ class ConvertConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly options (selection rules as strings; predicates by qualified name)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("include", "exclude",
-                                                                                      "calibration_options")}
+                                                                                      "calibration_options", "recover")}
+        out["recover"] = asdict(self.recover) if self.recover is not None else None
         out["include"] = None if self.include is None else [describe_rule(r) for r in self.include]
         out["exclude"] = None if self.exclude is None else [describe_rule(r) for r in self.exclude]
         opts = self.calibration_options
@@ -133,6 +138,17 @@ def _positive(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 or not math.isfinite(value):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
+
+
+def _recover(value: Any) -> Any:
+    """``None`` (off), or a ``RecoverConfig`` (a number is its budget in seconds)."""
+    from .recovery import RecoverConfig
+
+    if value is None or isinstance(value, RecoverConfig):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"recover must be seconds (a non-negative number) or a RecoverConfig, got {value!r}")
+    return RecoverConfig(seconds=float(value)) if value > 0 else None
 
 
 def _rules(value: Any, name: str) -> list[Rule] | None:

@@ -84,7 +84,10 @@ def convert(
         order, k, subsample, include, exclude: see :class:`~njet_convert.config.ConvertConfig` (its defaults:
             order 3, k 2, ``"safe"``, all, none).
         calibration: unlabeled inputs for the data-aware fit: a float tensor ``[N, C, H, W]`` or an iterable of
-            batches (tensors or ``(tensor, label)`` tuples). ``None``: plain least-squares fits.
+            batches (tensors or ``(tensor, label)`` tuples); ``"synthetic"``: inputs synthesised from the model's
+            batch-norm statistics (:mod:`njet_convert.data.synthetic`), for users without data. ``None``: plain
+            least-squares fits. With ``recover=`` (see :class:`ConvertConfig`) the network is then distilled towards
+            the original on these images, a held-out slice of them deciding which state is kept.
         config: a :class:`ConvertConfig`. One rule: every argument given explicitly (these and ``**options``)
             wins over the config's field, even when it equals the default; the others come from ``config``.
         source: the architecture for :func:`njet_convert.load`: ``"timm:<name>"``, ``"torchvision:<name>"``,
@@ -96,6 +99,8 @@ def convert(
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     cfg = _config(config, order, k, subsample, include, exclude, options)
     _check_calibration(calibration)
+    if isinstance(calibration, str) and cfg.fit:  # "synthetic": inputs made from the model's batch-norm statistics
+        calibration = _synthetic_calibration(model, cfg)
     data = checked_calibration(calibration, model) if calibration is not None and cfg.fit else None
     start = time.perf_counter()
     report = ConversionReport(options=cfg.to_dict())
@@ -123,7 +128,7 @@ def _config(config, order, k, subsample, include, exclude, options) -> ConvertCo
 
 
 def _check_calibration(data: Any) -> None:
-    if data is None:
+    if data is None or (isinstance(data, str) and data == "synthetic"):
         return
     if torch.is_tensor(data):
         if data.dim() != 4 or not data.is_floating_point() or data.shape[0] == 0:
@@ -242,6 +247,41 @@ def _example_input(model: nn.Module, cfg: ConvertConfig, calibration: Any) -> Te
     return torch.zeros(1, *size, dtype=dtype, device=device) if size else None
 
 
+def _synthetic_calibration(model: nn.Module, cfg: ConvertConfig) -> Tensor:
+    """``SYNTHETIC_IMAGES`` inputs synthesised from ``model``'s batch-norm statistics (:mod:`.data.synthetic`), at
+    ``cfg.input_size`` or timm's ``pretrained_cfg["input_size"]``."""
+    from .data.synthetic import SYNTHETIC_IMAGES, synthesize
+
+    size = cfg.input_size
+    pretrained = getattr(model, "pretrained_cfg", None)
+    if size is None and isinstance(pretrained, Mapping) and pretrained.get("input_size"):
+        size = tuple(int(v) for v in pretrained["input_size"])
+    if size is None:
+        raise ValueError("calibration='synthetic' needs the input size: pass input_size=(C, H, W)")
+    progress = (lambda line: print(line, flush=True)) if cfg.progress else None
+    return synthesize(model, SYNTHETIC_IMAGES, tuple(size), progress=progress)
+
+
+def _images_of(data) -> Tensor:
+    """The fit data (a tensor or a list of batches) as one tensor."""
+    if torch.is_tensor(data):
+        return data
+    return torch.cat([item[0] if isinstance(item, tuple | list) else item for item in data])
+
+
+def _recover(out: nn.Module, original: nn.Module, state: SurgeryState, train: Tensor, held: Tensor,
+             reference: Tensor, cfg: ConvertConfig) -> None:
+    """Distil ``out`` towards ``original`` (:mod:`.recovery`), keeping the best state on the held-out slice."""
+    from .fidelity import stage_fidelity
+    from .recovery import recover
+
+    progress = (lambda line: print(line, flush=True)) if cfg.progress else None
+    result = recover(out, original, train, held, cfg.recover, progress=progress)
+    state.report.fidelity["recovered"] = stage_fidelity(out, reference, held)
+    state.report.recovery = {"steps": result.steps, "best_step": result.best_step, "seconds": result.seconds,
+                             "start": list(result.start), "end": list(result.end)}
+
+
 def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, cfg: ConvertConfig) -> None:
     """Calibrate on ``data`` less its held-out slice, and measure the fidelity per stage on that slice."""
     from .fidelity import logits, stage_fidelity
@@ -262,6 +302,11 @@ def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, c
     state.report.calibrated = True
     if "plain" in state.report.fidelity:
         state.report.fidelity["calibrated"] = stage_fidelity(out, reference, held)
+    if cfg.recover is not None:
+        if reference is None or reference.dim() != 2:
+            raise ValueError("recover needs a classifier (logits [N, classes]) and a held-out slice of the "
+                             "calibration images (calibration_options.holdout > 0, at least 2 images)")
+        _recover(out, original, state, _images_of(fit_data), held, reference, cfg)
     for record in state.report.layers:
         result = results.get(record.name)
         if result is not None and result.fit is not None:

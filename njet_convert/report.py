@@ -71,6 +71,7 @@ class ConversionReport:
     pinned: dict[str, list[int]] = field(default_factory=dict)  # flatten node -> [H, W] its input is pinned to
     skipped: list[SkipRecord] = field(default_factory=list)
     untraced: list[str] = field(default_factory=list)
+    recovery: dict[str, Any] = field(default_factory=dict)  # steps, best_step, seconds, start/end (agreement, KL)
     params_before: int = 0
     params_after: int = 0
     traced: bool = True

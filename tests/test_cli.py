@@ -148,3 +148,17 @@ def test_pretrained_offline_points_to_checkpoint(monkeypatch):
 
     with pytest.raises(UserError, match="--checkpoint"):
         checkpoints.pretrained_or_exit(download, "resnet18")
+
+
+def test_recover_needs_calibrate():
+    _user_error(_run("resnet32", "--recover", "5"), "--recover needs --calibrate")
+
+
+def test_calibrate_and_recover_end_to_end(tmp_path):
+    out = tmp_path / "r32"
+    proc = _run("resnet32", "--calibrate", "photos", "--calibration-images", "40", "--recover", "2", "--quiet",
+                "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibrated"] and report["recovery"]["steps"] >= 1
+    assert report["recovery"]["end"][1] <= report["recovery"]["start"][1] + 1e-12

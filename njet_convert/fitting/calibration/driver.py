@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..kernel_fit import KernelFit
 from ..pipeline import LayerPipeline
+from .activation import ActivationAwareRefit
 from .batches import CalibrationBatches, batches_for
 from .blockwise import BlockwiseRefit
 from .exact import ExactRefit
@@ -34,7 +35,8 @@ from .strategy import LayerRefit, LayerResult, RefitJob
 
 __all__ = ["STRATEGIES", "calibrate", "calibrate_layers"]
 
-STRATEGIES: tuple[LayerRefit, ...] = (PointwiseRefit(), ExactRefit(), BlockwiseRefit())  # the first that applies
+# the first that applies
+STRATEGIES: tuple[LayerRefit, ...] = (PointwiseRefit(), ActivationAwareRefit(), ExactRefit(), BlockwiseRefit())
 
 
 def calibrate(

@@ -22,6 +22,11 @@ class CalibrationOptions:
     same inputs (see :mod:`.blockwise`).
     ``holdout`` / ``holdout_min``: the share of the calibration images (at least ``holdout_min``, at most half)
     kept out of every fit to measure the conversion's fidelity on (``holdout=0``: none).
+    ``activation_floor`` / ``activation_margin``: depthwise layers followed by a batch norm weigh each sampled
+    position by how far the original's batch-norm output is above ``-activation_margin`` (floor ``activation_floor``;
+    1 turns the weighting off), see :mod:`.activation`. Order 3, 128 calibration / 150 held-out photos at 160 px:
+    MobileNetV2 72.0 % -> 75.3 % agreement (KL 0.233 -> 0.224), EfficientNet-Lite0 46.7 % -> 46.0 % (KL 1.20 ->
+    1.11); floors 0.05 / 0.2 and a ReLU6 upper bound gave 74.0–75.3 % on MobileNetV2.
     """
 
     ridge: float = 1e-6
@@ -42,6 +47,8 @@ class CalibrationOptions:
     block_features: int = 512
     holdout: float = 0.1
     holdout_min: int = 16
+    activation_floor: float = 0.05
+    activation_margin: float = 1.0
 
     def __post_init__(self) -> None:
         if self.batchnorm not in ("auto", "always", "never"):
