@@ -155,9 +155,13 @@ def test_recover_needs_calibrate():
 
 
 def test_calibrate_and_recover_end_to_end(tmp_path):
+    import timm
+
+    weights = tmp_path / "r32.pth"  # weights make it a network to calibrate (an untrained one is built new at σ0)
+    torch.save(timm.create_model("resnet32").state_dict(), weights)
     out = tmp_path / "r32"
-    proc = _run("resnet32", "--calibrate", "photos", "--calibration-images", "40", "--recover", "2", "--quiet",
-                "--out", str(out))
+    proc = _run("resnet32", "--checkpoint", str(weights), "--calibrate", "photos", "--calibration-images", "40",
+                "--recover", "2", "--quiet", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["calibrated"] and report["recovery"]["steps"] >= 1
