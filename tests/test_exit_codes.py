@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from training_helpers import quiet_config, toy_data
 
 import njet_convert
 from njet_convert import cli
@@ -163,56 +164,46 @@ class _Tiny(nn.Module):
         return out
 
 
-def _data(n: int = 32):
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 1, 6, 6, generator=g)
-    return x, (x.mean((1, 2, 3)) > 0).long()
-
-
-def _cfg(**kw) -> FinetuneConfig:
-    return FinetuneConfig(batch_size=8, progress=False, plots=False, **kw)
-
-
 @pytest.mark.parametrize("how, match", [("bn", "bn.running_var became NaN/Inf"),
                                         ("val", "validation loss became NaN/Inf after epoch 2")])
 def test_divergence_with_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path, how, match):
-    x, y = _data()  # 4 steps per epoch: epoch 1 is good and checkpointed, epoch 2 breaks
+    x, y = toy_data()  # 4 steps per epoch: epoch 1 is good and checkpointed, epoch 2 breaks
     model = _Tiny(break_at=5, how=how)
     with pytest.raises(NonFiniteLossError, match=f"{match}.*last good checkpoint"):
-        finetune(model, (x, y), (x, y), epochs=3, config=_cfg(), out_dir=tmp_path, device="cpu")
+        finetune(model, (x, y), (x, y), epochs=3, config=quiet_config(), out_dir=tmp_path, device="cpu")
     state = read_checkpoint(tmp_path / "checkpoint.pt", _Tiny())
     assert state["epoch"] == 1 and state["global_step"] == 4
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 def test_huge_learning_rate_diverges_instead_of_succeeding(tmp_path):
-    x, y = _data()
+    x, y = toy_data()
     with pytest.raises(NonFiniteLossError, match="NaN/Inf"):  # was exit 0 with NaN BN statistics saved
-        finetune(_Tiny(), (x, y), (x, y), epochs=2, config=_cfg(lr=1e8), out_dir=tmp_path, device="cpu")
+        finetune(_Tiny(), (x, y), (x, y), epochs=2, config=quiet_config(lr=1e8), out_dir=tmp_path, device="cpu")
     if (tmp_path / "checkpoint.pt").exists():
         state = read_checkpoint(tmp_path / "checkpoint.pt", _Tiny())
         assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 def test_validation_labels_beyond_the_classes_are_a_value_error():
-    x, y = _data()
+    x, y = toy_data()
     with pytest.raises(ValueError, match="validation data: labels out of range for a model with 2 outputs"):
-        finetune(_Tiny(), (x, y), (x, y + 5), epochs=1, config=_cfg(), device="cpu")  # was IndexError
+        finetune(_Tiny(), (x, y), (x, y + 5), epochs=1, config=quiet_config(), device="cpu")  # was IndexError
 
 
 def test_checkpoint_without_optimizer_state_is_refused(tmp_path):
-    x, y = _data()
-    finetune(_Tiny(), (x, y), epochs=1, config=_cfg(), out_dir=tmp_path, device="cpu")
+    x, y = toy_data()
+    finetune(_Tiny(), (x, y), epochs=1, config=quiet_config(), out_dir=tmp_path, device="cpu")
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     del state["optimizer"]
     torch.save(state, tmp_path / "damaged.pt")
     with pytest.raises(ValueError, match=r"damaged\.pt.*missing 'optimizer'"):  # was KeyError
-        finetune(_Tiny(), (x, y), epochs=2, config=_cfg(), resume=tmp_path / "damaged.pt", device="cpu")
+        finetune(_Tiny(), (x, y), epochs=2, config=quiet_config(), resume=tmp_path / "damaged.pt", device="cpu")
 
 
 def test_missing_matplotlib_skips_the_plots_and_keeps_the_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
-    x, y = _data()
+    x, y = toy_data()
     cfg = FinetuneConfig(batch_size=8, progress=False, plots=True)
     result = finetune(_Tiny(), (x, y), epochs=1, config=cfg, out_dir=tmp_path, device="cpu")
     assert result.epochs_done == 1 and result.plots == {} and (tmp_path / "checkpoint.pt").is_file()
@@ -344,8 +335,8 @@ class _Stops(_Tiny):
 
 
 def test_sigterm_in_finetune_reports_the_signal(tmp_path):
-    x, y = _data()
-    result = finetune(_Stops(), (x, y), epochs=3, config=_cfg(), out_dir=tmp_path, device="cpu")
+    x, y = toy_data()
+    result = finetune(_Stops(), (x, y), epochs=3, config=quiet_config(), out_dir=tmp_path, device="cpu")
     assert result.interrupted and result.signal == signal.SIGTERM and result.checkpoint.is_file()
 
 
@@ -377,7 +368,7 @@ class _Unreadable(torch.utils.data.Dataset):
 
 
 def test_unreadable_item_in_a_worker_is_a_one_line_error():
-    cfg = _cfg(workers=2, max_steps_per_epoch=None)
+    cfg = quiet_config(workers=2, max_steps_per_epoch=None)
     with pytest.raises(UserError) as info:
         finetune(_Tiny(), _Unreadable(), epochs=1, config=cfg, device="cpu")
     assert str(info.value) == "cannot read image 'c1/5.png': not a readable image"  # not the worker's traceback

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from training_helpers import quiet_config, toy_data
 
 import njet_convert
 from njet_convert.training import DistillConfig, FinetuneConfig, NonFiniteLossError, finetune
@@ -167,21 +168,11 @@ class _Tiny(nn.Module):
         return out
 
 
-def _data(n: int = 32):
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 1, 6, 6, generator=g)
-    return x, (x.mean((1, 2, 3)) > 0).long()
-
-
-def _cfg(**kw) -> FinetuneConfig:
-    return FinetuneConfig(batch_size=8, progress=False, plots=False, **kw)
-
-
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    x, y = _data()  # 4 steps per epoch; NaN in the 6th step (epoch 2)
+    x, y = toy_data()  # 4 steps per epoch; NaN in the 6th step (epoch 2)
     model = _Tiny(nan_at=6)
     with pytest.raises(NonFiniteLossError, match=r"NaN/Inf.*epoch 2, step 2.*last good checkpoint"):
-        finetune(model, (x, y), epochs=3, config=_cfg(), out_dir=tmp_path, device="cpu")
+        finetune(model, (x, y), epochs=3, config=quiet_config(), out_dir=tmp_path, device="cpu")
     state = read_checkpoint(tmp_path / "checkpoint.pt", _Tiny())
     assert state["epoch"] == 1 and state["global_step"] == 4
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -219,14 +210,14 @@ def test_param_groups_schedule_and_sigma_bounds():
 
 
 def test_distillation_unlabeled_moves_student_to_teacher(tmp_path):
-    x, _ = _data(48)
+    x, _ = toy_data(48)
     torch.manual_seed(0)
     teacher, student = _Tiny().eval(), _Tiny()
     def kl() -> float:
         with torch.no_grad():
             return float(distillation_loss(student.eval()(x), teacher(x)))
     before = kl()
-    result = finetune(student, x, x, epochs=3, config=_cfg(lr=0.2), teacher=teacher, device="cpu")
+    result = finetune(student, x, x, epochs=3, config=quiet_config(lr=0.2), teacher=teacher, device="cpu")
     assert kl() < 0.7 * before
     assert result.val_after is not None and "agreement" in result.val_after
     # with labels and label_weight=1 the loss is plain cross-entropy
@@ -236,31 +227,31 @@ def test_distillation_unlabeled_moves_student_to_teacher(tmp_path):
 
 
 def test_bad_inputs_raise_value_error(tmp_path):
-    x, y = _data()
+    x, y = toy_data()
     with pytest.raises(ValueError, match="labels out of range"):
-        finetune(_Tiny(), (x, y + 5), epochs=1, config=_cfg(), device="cpu")
+        finetune(_Tiny(), (x, y + 5), epochs=1, config=quiet_config(), device="cpu")
     with pytest.raises(ValueError, match="labels must be integer"):
-        finetune(_Tiny(), (x, y.float()), epochs=1, config=_cfg(), device="cpu")
+        finetune(_Tiny(), (x, y.float()), epochs=1, config=quiet_config(), device="cpu")
     with pytest.raises(ValueError, match="no labels"):
-        finetune(_Tiny(), x, epochs=1, config=_cfg(), device="cpu")
+        finetune(_Tiny(), x, epochs=1, config=quiet_config(), device="cpu")
     with pytest.raises(ValueError, match="epochs"):
         finetune(_Tiny(), (x, y), epochs=0, device="cpu")
     with pytest.raises(ValueError, match="cannot run on the training data's inputs of shape"):
-        finetune(_Tiny(), (x.repeat(1, 3, 1, 1), y), epochs=1, config=_cfg(), device="cpu")  # 3 channels, not 1
+        finetune(_Tiny(), (x.repeat(1, 3, 1, 1), y), epochs=1, config=quiet_config(), device="cpu")  # 3 channels, not 1
     with pytest.raises(ValueError, match="batch_size"):
         FinetuneConfig(batch_size=0)
     # a resume path that is no checkpoint, or a checkpoint of another model; nothing written is lost
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
-        finetune(_Tiny(), (x, y), epochs=1, config=_cfg(), resume=junk, device="cpu")
+        finetune(_Tiny(), (x, y), epochs=1, config=quiet_config(), resume=junk, device="cpu")
     with pytest.raises(ValueError, match="no such checkpoint"):
-        finetune(_Tiny(), (x, y), epochs=1, config=_cfg(), resume=tmp_path / "missing.pt", device="cpu")
-    finetune(_Tiny(), (x, y), epochs=1, config=_cfg(), out_dir=tmp_path / "run", device="cpu")
+        finetune(_Tiny(), (x, y), epochs=1, config=quiet_config(), resume=tmp_path / "missing.pt", device="cpu")
+    finetune(_Tiny(), (x, y), epochs=1, config=quiet_config(), out_dir=tmp_path / "run", device="cpu")
     written = (tmp_path / "run" / "checkpoint.pt").read_bytes()
     other = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.LazyLinear(2))
     with pytest.raises(ValueError, match="not a checkpoint of this model"):
-        finetune(other, (x, y), epochs=2, config=_cfg(), out_dir=tmp_path / "run", resume=tmp_path / "run",
+        finetune(other, (x, y), epochs=2, config=quiet_config(), out_dir=tmp_path / "run", resume=tmp_path / "run",
                  device="cpu")
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == written
     from njet_convert.training.__main__ import main
