@@ -113,6 +113,8 @@ def do_robust(args: argparse.Namespace) -> list[dict]:
         cfg = replace(cfg, factors=tuple(args.factors))
     if args.sigma_lr is not None:
         cfg = replace(cfg, train=replace(cfg.train, sigma_lr=args.sigma_lr))
+    if args.epochs_large:
+        cfg = replace(cfg, epochs_large=args.epochs_large)
     rows = scale_robustness.run(cfg)
     summ = scale_robustness.summarize(rows)
     table = []
@@ -195,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, help="seg: training images per setting (default 100)")
     parser.add_argument("--n-val", type=int, help="seg: validation images per setting (default 50)")
     parser.add_argument("--epochs", type=int, help="seg, sigma: training epochs (default 8)")
+    parser.add_argument("--epochs-large", type=int, help="robust: training epochs on the ×4 images (default 4)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: shared machine)")
     parser.add_argument("--json", help="also write the raw result rows to this file")
     args = parser.parse_args(argv)
