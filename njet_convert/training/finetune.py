@@ -111,7 +111,11 @@ def finetune(
     state = read_checkpoint(resume, model) if resume is not None else None  # validate before touching anything
     ctx = setup_distributed(device)
     try:
-        return _Trainer(model, train_data, val_data, epochs, config, teacher, out_dir, ctx, loss_fn).run(state)
+        result = _Trainer(model, train_data, val_data, epochs, config, teacher, out_dir, ctx, loss_fn).run(state)
+        # Every rank leaves the group together: rank 0 still writes plots and measures multiply-adds after the last
+        # step, and a rank that tore down its gloo group and exited meanwhile aborted at exit now and then.
+        ctx.barrier()
+        return result
     finally:
         ctx.close()
 
