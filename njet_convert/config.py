@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from njet_layers.scale import DEFAULT_SIGMA_BOUNDS
+from njet_layers.scale import DEFAULT_SIGMA_BOUNDS, positive_scalar
 
 __all__ = ["CONV_KINDS", "SUBSAMPLE_MODES", "ConvertConfig", "Rule", "describe_order", "parse_order"]
 
@@ -82,13 +82,10 @@ class ConvertConfig:
 
     def __post_init__(self) -> None:
         self.order = parse_order(self.order)
-        k = self.k
-        if isinstance(k, bool) or not isinstance(k, int | float) or not k > 0 or not math.isfinite(k):
-            raise ValueError(f"k must be a positive finite number, got {self.k!r}")
-        self.k = float(self.k)
+        self.k = positive_scalar("k", self.k)
         _check_k(self.k)
-        self.r = _positive(self.r, "r")
-        self.sigma = None if self.sigma is None else _positive(self.sigma, "sigma")
+        self.r = positive_scalar("r", self.r)
+        self.sigma = None if self.sigma is None else positive_scalar("sigma", self.sigma)
         lo, hi = DEFAULT_SIGMA_BOUNDS
         if self.sigma is not None and not lo <= self.sigma <= hi:
             raise ValueError(f"sigma must lie in [{lo:g}, {hi:g}] (the N-Jet layers' σ bounds), got {self.sigma!r}")
@@ -132,12 +129,6 @@ class ConvertConfig:
         opts = self.calibration_options
         out["calibration_options"] = asdict(opts) if hasattr(opts, "__dataclass_fields__") else None
         return out
-
-
-def _positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def _recover(value: Any) -> Any:
