@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .basis import basis_orders, gaussian_derivatives_1d
+from .axis_filters import axis_filters
+from .basis import BasisOrder, basis_orders
 
 __all__ = ["BasisFirstPlan", "basis_first_conv2d", "output_centers", "toeplitz_1d"]
 
@@ -159,13 +160,14 @@ def basis_first_conv2d(
     x: Tensor,
     alpha: Tensor,
     sigma: Tensor,
-    order: int,
+    order: BasisOrder,
     radius: int,
     *,
     bias: Tensor | None = None,
     stride: tuple[int, int] = (1, 1),
     crop: tuple[int, int] = (0, 0),
     groups: int = 1,
+    mixes: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """N-Jet convolution computed basis-first; equals ``F.conv2d`` with the composed kernel and 'same' padding.
 
@@ -173,8 +175,9 @@ def basis_first_conv2d(
         x: ``[N, C_in, H, W]`` input (any memory format; channels-last avoids one copy).
         alpha: ``[C_out, C_in // groups, M]`` basis weights, last axis in :func:`basis_orders` order.
         sigma: 0-d scale tensor (gradients flow to it through the 1-D filters).
-        order, radius: basis order and filter half-width ``R`` (size ``2R + 1``).
+        order, radius: basis index set (:data:`~njet_layers.basis.BasisOrder`) and filter half-width ``R``.
         bias, stride, crop, groups: as in :class:`~njet_layers.NJetConv2d`.
+        mixes: a tensor basis's per-axis mixes ``(mix_x, mix_y)`` (:mod:`njet_layers.axis_filters`).
 
     Returns ``[N, C_out, H', W']`` with channels-last strides.
     """
@@ -183,9 +186,9 @@ def basis_first_conv2d(
     if out_ch % groups or c % groups or alpha.shape[1] != c // groups:
         raise ValueError(f"alpha shape {tuple(alpha.shape)} does not match in_channels={c}, groups={groups}")
     plan = BasisFirstPlan.make((h, w), radius, stride, crop)
-    g = gaussian_derivatives_1d(order, sigma, radius).to(x.dtype)
-    ty = toeplitz_1d(g, h, list(plan.centers_y))
-    tx = toeplitz_1d(g, w, list(plan.centers_x))
+    g_x, g_y = (g.to(x.dtype) for g in axis_filters(order, sigma, radius, mixes))
+    ty = toeplitz_1d(g_y, h, list(plan.centers_y))
+    tx = toeplitz_1d(g_x, w, list(plan.centers_x))
     pairs = tuple(basis_orders(order))
     xl = x.permute(0, 2, 3, 1).contiguous()
     maps = _SeparableBasisMaps.apply(xl, ty, tx, pairs)  # [N, H', W', M, C]

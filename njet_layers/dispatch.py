@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .basis import basis_size
+from .basis import BasisOrder, axis_orders, basis_size
 from .fft_conv import fft_size
 
 __all__ = [
@@ -53,11 +53,11 @@ def dense_cost(in_per_group: int, out_channels: int, radius: int) -> float:
 
 
 def basis_first_cost(
-    in_channels: int, in_per_group: int, out_channels: int, order: int, radius: int, size: tuple[int, int],
+    in_channels: int, in_per_group: int, out_channels: int, order: BasisOrder, radius: int, size: tuple[int, int],
     out_size: tuple[int, int],
 ) -> float:
     """Efficiency-weighted multiply-adds per output pixel of the basis-first path (see the module docstring)."""
-    num, rows = basis_size(order), order + 1
+    num, rows = basis_size(order), axis_orders(order)[1] + 1
     k_y, k_x = (min(s, _TILE + 2 * radius) for s in size)
     width_ratio = size[1] / max(out_size[1], 1)
     separable = (rows * k_y * width_ratio + num * k_x) * in_channels
@@ -82,7 +82,7 @@ def fft_cost(
 
 
 def choose_impl(
-    in_channels: int, out_channels: int, groups: int, order: int, radius: int, size: tuple[int, int],
+    in_channels: int, out_channels: int, groups: int, order: BasisOrder, radius: int, size: tuple[int, int],
     out_size: tuple[int, int], batch: int | None = None,
 ) -> Literal["dense", "basis_first", "fft"]:
     """The path the cost model says is cheapest for this layer and input size (see the module docstring)."""

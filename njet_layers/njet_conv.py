@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .basis import basis_size, filter_radius, gaussian_basis
+from .axis_filters import anchor_sigma, anchored_mix, axis_filters, compose_basis, remix_alpha
+from .basis import BasisOrder, axis_orders, basis_size, describe_basis, filter_radius, gaussian_basis, is_tensor_basis
 from .basis_first import basis_first_conv2d, output_centers
 from .dispatch import IMPLS, Impl, KernelCache, choose_impl, uses_grad
 from .fft_conv import fft_conv2d
@@ -43,7 +44,12 @@ class NJetConv2d(nn.Module):
 
     Args:
         in_channels, out_channels, groups, bias: as in :class:`torch.nn.Conv2d`.
-        order: highest total derivative order ``N``; ``M = (N + 1)(N + 2) / 2`` basis filters.
+        order: the basis index set (docs/design.md, "Basis index sets"): an int ``N`` is the paper's jet, every
+            derivative with ``i + j <= N`` (``M = (N + 1)(N + 2) / 2`` filters); a pair ``(n_x, n_y)`` is the tensor
+            product ``i <= n_x, j <= n_y`` (``M = (n_x + 1)(n_y + 1)``), which holds every ``(n_x + 1)×(n_y + 1)``
+            kernel exactly. A tensor basis carries a fixed per-axis mix, anchored by the integer buffer
+            ``basis_anchor`` (unset: no mix, until :meth:`orthonormalize_basis_`), that keeps α well conditioned
+            for large kernels (:mod:`njet_layers.axis_filters`).
         sigma: initial scale (ignored when ``dilation_init`` is given).
         k: filter extent in σ: the filter is clipped to radius ``ceil(k * sigma)``.
         dilation_init: initialise σ as ``dilation_init / k`` so the filter spans a dilated 3×3 conv's footprint.
@@ -76,7 +82,7 @@ class NJetConv2d(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        order: int = 3,
+        order: BasisOrder = 3,
         sigma: float = 1.0,
         k: float = 2.0,
         groups: int = 1,
@@ -105,7 +111,8 @@ class NJetConv2d(nn.Module):
             raise ValueError(f"max_kernel_size must be a positive odd integer, got {max_kernel_size!r}")
         _check_kernel_size(k, bounds[1], max_kernel_size)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.order, self.k = order, float(k)
+        self.order: BasisOrder = order if isinstance(order, int) else (int(order[0]), int(order[1]))
+        self.k = float(k)
         self.stride, self.crop = _pair(stride, "stride"), _pair(crop, "crop")
         if min(self.stride) < 1:
             raise ValueError(f"stride must be >= 1, got {stride!r}")
@@ -120,6 +127,8 @@ class NJetConv2d(nn.Module):
         self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, num_basis, **factory))
         self.log_sigma = nn.Parameter(torch.tensor(math.log(sigma), **factory), requires_grad=learn_sigma)
         self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
+        if is_tensor_basis(self.order):  # (σ₀ in units of ANCHOR_UNIT, radius at σ₀); (0, 0): no mix
+            self.register_buffer("basis_anchor", torch.zeros(2, dtype=torch.int64, device=device))
         self.reset_parameters()
 
     @property
@@ -138,9 +147,51 @@ class NJetConv2d(nn.Module):
         """Current filter size ``s = 2R + 1``; changes when ``ceil(k * sigma)`` changes."""
         return 2 * self.radius + 1
 
+    @property
+    def basis_name(self) -> str:
+        """The index set in words: ``"jet 3"`` or ``"tensor 3x3"``."""
+        return describe_basis(self.order)
+
+    @property
+    def mixes(self) -> tuple[Tensor, Tensor] | None:
+        """``(mix_x, mix_y)`` of an anchored tensor basis (float64), else None (:mod:`njet_layers.axis_filters`)."""
+        if not is_tensor_basis(self.order):
+            return None
+        units, radius = (int(v) for v in self.basis_anchor.tolist())
+        if radius == 0:
+            return None
+        n_x, n_y = axis_orders(self.order)
+        device = self.alpha.device
+        return anchored_mix(n_x + 1, units, radius, device), anchored_mix(n_y + 1, units, radius, device)
+
+    def axis_filters(self) -> tuple[Tensor, Tensor]:
+        """The 1-D filters ``(g_x, g_y)`` the basis is built from, at the current σ and radius, mixes applied."""
+        return axis_filters(self.order, self.sigma, self.radius, self.mixes)
+
     def basis(self) -> Tensor:
-        """The ``[M, s, s]`` basis at the current σ (differentiable in σ)."""
-        return gaussian_basis(self.order, self.sigma, self.k, radius=self.radius)
+        """The ``[M, s, s]`` basis at the current σ (differentiable in σ), per-axis mixes applied."""
+        if not is_tensor_basis(self.order):
+            return gaussian_basis(self.order, self.sigma, self.k, radius=self.radius)
+        return compose_basis(self.order, *self.axis_filters())
+
+    @torch.no_grad()
+    def orthonormalize_basis_(self) -> NJetConv2d:
+        """Set the per-axis mixes so the basis is orthonormal at the current σ, α re-expressed (kernel unchanged).
+
+        Only for tensor bases: it makes α as well conditioned as the kernel itself, so float32 composition and
+        the basis-first combine stay accurate for 7×7 and larger kernels (docs/design.md, "Basis index sets").
+        """
+        if not is_tensor_basis(self.order):
+            raise ValueError("orthonormalize_basis_ needs a tensor-product basis (order=(n_x, n_y)); the jet is "
+                             "over-complete on small kernels and is not re-mixed")
+        n_x, n_y = axis_orders(self.order)
+        device = self.alpha.device
+        old = self.mixes or (torch.eye(n_x + 1, dtype=torch.float64), torch.eye(n_y + 1, dtype=torch.float64))
+        units, radius = anchor_sigma(float(self.sigma)), self.radius
+        new = (anchored_mix(n_x + 1, units, radius, device), anchored_mix(n_y + 1, units, radius, device))
+        self.alpha.copy_(remix_alpha(self.alpha, (n_x, n_y), old, new))
+        self.basis_anchor.copy_(torch.tensor([units, radius]))
+        return self
 
     def kernel(self) -> Tensor:
         """The composed filters ``[out_channels, in_channels // groups, s, s]``, laid out for ``F.conv2d``.
@@ -182,7 +233,8 @@ class NJetConv2d(nn.Module):
         """``kernel()``, served from the eval-mode cache when no gradient is being recorded."""
         if self.training or uses_grad(self):
             return self.kernel()
-        key = KernelCache.key((self.alpha, self.log_sigma), self.radius)
+        anchor = getattr(self, "basis_anchor", None)
+        key = KernelCache.key((self.alpha, self.log_sigma, anchor), self.radius)
         weight = self._kernel_cache.get(key)
         if weight is None:
             weight = self.kernel()
@@ -195,10 +247,10 @@ class NJetConv2d(nn.Module):
         def run(inp: Tensor) -> Tensor:
             return basis_first_conv2d(
                 inp, self.alpha, self.sigma, self.order, radius, bias=self.bias, stride=self.stride,
-                crop=self.crop, groups=self.groups,
+                crop=self.crop, groups=self.groups, mixes=self.mixes,
             )
 
-        maps_bytes = x.numel() * x.element_size() * (basis_size(self.order) + self.order + 1)
+        maps_bytes = x.numel() * x.element_size() * (basis_size(self.order) + axis_orders(self.order)[1] + 1)
         if self.training and uses_grad(self) and maps_bytes > self.checkpoint_bytes:
             return checkpoint(run, x, use_reentrant=False)
         return run(x)
@@ -255,7 +307,7 @@ class NJetConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         parts = [
-            f"{self.in_channels}, {self.out_channels}, order={self.order}, sigma={float(self.sigma.detach()):.4g}",
+            f"{self.in_channels}, {self.out_channels}, order={self.order!r}, sigma={float(self.sigma.detach()):.4g}",
             f"k={self.k:g}", f"kernel_size={self.kernel_size}",
         ]
         if self.stride != (1, 1):
