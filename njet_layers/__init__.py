@@ -1,12 +1,13 @@
 """njet_layers: the N-Jet layer library (Pintea et al., "Resolution learning in deep convolutional networks
 using scale-space theory", IEEE TIP 2021). Depends on torch only."""
 
-from .axis_filters import anchored_mix, axis_filters, compose_basis, orthonormal_mix, remix_alpha
+from .axis_filters import anchored_mix, axis_filters, orthonormal_mix, remix_alpha
 from .basis import (
     BasisOrder,
     axis_orders,
     basis_orders,
     basis_size,
+    compose_basis,
     describe_basis,
     filter_radius,
     gaussian_basis,

@@ -19,10 +19,10 @@ import functools
 import torch
 from torch import Tensor
 
-from .basis import BasisOrder, axis_orders, basis_orders, gaussian_derivatives_1d
+from .basis import BasisOrder, axis_orders, gaussian_derivatives_1d
 
 __all__ = [
-    "ANCHOR_UNIT", "anchor_sigma", "anchored_mix", "axis_filters", "compose_basis", "orthonormal_mix", "remix_alpha",
+    "ANCHOR_UNIT", "anchor_sigma", "anchored_mix", "axis_filters", "orthonormal_mix", "remix_alpha",
 ]
 
 Mixes = tuple[Tensor, Tensor]  # (mix_x, mix_y)
@@ -43,14 +43,6 @@ def axis_filters(order: BasisOrder, sigma: Tensor | float, radius: int, mixes: M
     g = gaussian_derivatives_1d(max(n_x, n_y), torch.as_tensor(sigma).double(), radius)
     g_x, g_y = mixes[0].double() @ g[: n_x + 1], mixes[1].double() @ g[: n_y + 1]
     return g_x.to(dtype), g_y.to(dtype)
-
-
-def compose_basis(order: BasisOrder, g_x: Tensor, g_y: Tensor) -> Tensor:
-    """The ``[M, s, s]`` basis ``g_y[j] ⊗ g_x[i]`` for the pairs ``(i, j)`` of :func:`~njet_layers.basis_orders`."""
-    pairs = basis_orders(order)
-    idx_x = torch.tensor([i for i, _ in pairs], device=g_x.device)
-    idx_y = torch.tensor([j for _, j in pairs], device=g_x.device)
-    return g_y[idx_y][:, :, None] * g_x[idx_x][:, None, :]
 
 
 ANCHOR_UNIT = 2.0**-40  # σ₀ is stored as an integer multiple of this: exact, and immune to dtype casts

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "MAX_ORDER", "BasisOrder", "axis_orders", "basis_orders", "basis_size", "describe_basis", "filter_radius",
+    "MAX_ORDER", "BasisOrder", "axis_orders", "basis_orders", "basis_size", "compose_basis", "describe_basis",
+    "filter_radius",
     "gaussian_basis", "gaussian_derivatives_1d", "is_tensor_basis",
 ]
 
@@ -126,9 +127,15 @@ def gaussian_basis(
     if radius is None:
         radius = filter_radius(sigma, k)
     g = gaussian_derivatives_1d(max(axis_orders(order)), sigma, radius)
-    idx_x = torch.tensor([i for i, _ in basis_orders(order)], device=g.device)
-    idx_y = torch.tensor([j for _, j in basis_orders(order)], device=g.device)
-    return g[idx_y][:, :, None] * g[idx_x][:, None, :]
+    return compose_basis(order, g, g)
+
+
+def compose_basis(order: BasisOrder, g_x: Tensor, g_y: Tensor) -> Tensor:
+    """The ``[M, s, s]`` basis ``g_y[j] ⊗ g_x[i]`` for the pairs ``(i, j)`` of :func:`basis_orders`."""
+    pairs = basis_orders(order)
+    idx_x = torch.tensor([i for i, _ in pairs], device=g_x.device)
+    idx_y = torch.tensor([j for _, j in pairs], device=g_x.device)
+    return g_y[idx_y][:, :, None] * g_x[idx_x][:, None, :]
 
 
 def _check_order(order: BasisOrder) -> None:

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .axis_filters import anchor_sigma, anchored_mix, axis_filters, compose_basis, remix_alpha
-from .basis import BasisOrder, axis_orders, basis_size, describe_basis, filter_radius, gaussian_basis, is_tensor_basis
+from .axis_filters import anchor_sigma, anchored_mix, axis_filters, remix_alpha
+from .basis import BasisOrder, axis_orders, basis_size, compose_basis, describe_basis, filter_radius, is_tensor_basis
 from .basis_first import basis_first_conv2d, output_centers
 from .dispatch import IMPLS, Impl, KernelCache, choose_impl, uses_grad
 from .fft_conv import fft_conv2d
@@ -170,8 +170,6 @@ class NJetConv2d(nn.Module):
 
     def basis(self) -> Tensor:
         """The ``[M, s, s]`` basis at the current σ (differentiable in σ), per-axis mixes applied."""
-        if not is_tensor_basis(self.order):
-            return gaussian_basis(self.order, self.sigma, self.k, radius=self.radius)
         return compose_basis(self.order, *self.axis_filters())
 
     @torch.no_grad()
@@ -186,7 +184,8 @@ class NJetConv2d(nn.Module):
                              "over-complete on small kernels and is not re-mixed")
         n_x, n_y = axis_orders(self.order)
         device = self.alpha.device
-        old = self.mixes or (torch.eye(n_x + 1, dtype=torch.float64), torch.eye(n_y + 1, dtype=torch.float64))
+        eye = {"dtype": torch.float64, "device": device}
+        old = self.mixes or (torch.eye(n_x + 1, **eye), torch.eye(n_y + 1, **eye))
         units, radius = anchor_sigma(float(self.sigma)), self.radius
         new = (anchored_mix(n_x + 1, units, radius, device), anchored_mix(n_y + 1, units, radius, device))
         self.alpha.copy_(remix_alpha(self.alpha, (n_x, n_y), old, new))
