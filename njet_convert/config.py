@@ -13,7 +13,8 @@ from torch import nn
 
 from njet_layers.scale import DEFAULT_SIGMA_BOUNDS, positive_scalar
 
-__all__ = ["CONV_KINDS", "SUBSAMPLE_MODES", "ConvertConfig", "Rule", "describe_order", "parse_order"]
+__all__ = ["CONV_KINDS", "EXACT", "SUBSAMPLE_MODES", "ConvertConfig", "LayerOrder", "OrderSpec", "Rule",
+           "describe_order", "parse_order"]
 
 SUBSAMPLE_MODES = ("safe", "keep")
 _INTERPOLATION = ("nearest", "bilinear", "bicubic", "area")
@@ -26,16 +27,28 @@ Rule = type | str | re.Pattern | Callable[[str, nn.Module], bool]
 # Kinds of conv an order rule can name instead of a name pattern (see parse_order).
 CONV_KINDS = ("depthwise", "grouped", "dense", "pointwise")
 
+# The order that asks for a lossless conversion: per conv, the tensor-product basis of its own kernel's frame
+# (docs/design.md, "Lossless conversion").
+EXACT = "exact"
+
+LayerOrder = int | Literal["exact"]
+"""The order of one conv: the paper's jet of that order, or ``"exact"``."""
+
+OrderSpec = LayerOrder | dict[str, LayerOrder]
+"""An order for every conv, or per-layer rules ``{rule: order}`` whose first match gives a conv's order."""
+
 
 @dataclass
 class ConvertConfig:
     """Options of a conversion.
 
     Attributes:
-        order: highest derivative order of the N-Jet basis (3 in the paper), or per-layer rules: a mapping
-            ``{rule: order}`` whose first matching rule gives a conv's order, e.g. ``{"depthwise": 4, "*": 3}``
+        order: highest derivative order of the paper's jet basis (3 in the paper); ``"exact"``: per conv the
+            tensor-product basis of its own kernel size, which reproduces the kernel exactly at the original
+            parameter count (docs/design.md, "Lossless conversion"); or per-layer rules: a mapping
+            ``{rule: order}`` whose first matching rule gives a conv's order, e.g. ``{"depthwise": "exact", "*": 3}``
             (rules: a conv kind from ``CONV_KINDS``, a qualified-name glob or a ``re:`` regex), or the same as text
-            (``"depthwise=4,*=3"`` or JSON); see :func:`parse_order`.
+            (``"depthwise=exact,*=3"`` or JSON); see :func:`parse_order`.
         k: filter extent in σ (filter size ``2 * ceil(k * sigma) + 1``; 2 in the paper).
         subsample: ``"safe"`` turns strides and strided pools into stride 1 + :class:`~njet_layers.SafeSubsample`
             (sizes follow σ in training); ``"keep"`` leaves strides and pools as they are.
@@ -63,7 +76,7 @@ class ConvertConfig:
             ``pretrained_cfg["input_size"]``.
     """
 
-    order: int = 3
+    order: OrderSpec = 3
     k: float = 2.0
     subsample: Literal["safe", "keep"] = "safe"
     include: Sequence[Rule] | Rule | None = None
@@ -169,11 +182,11 @@ def describe_rule(rule: Rule) -> str:
     return f"predicate:{getattr(rule, '__module__', '?')}.{getattr(rule, '__qualname__', repr(rule))}"
 
 
-def parse_order(value: Any) -> int | dict[str, int]:
-    """An order, or order rules, checked: a non-negative int; a mapping ``{rule: order}`` (rules are conv kinds of
-    ``CONV_KINDS``, name globs or ``re:`` regexes; the first that matches a conv gives its order, a conv that no
-    rule matches is a ``ValueError`` at conversion); or text: ``"3"``, ``"depthwise=4,*=3"`` or a JSON object.
-    ``ValueError`` in one line otherwise."""
+def parse_order(value: Any) -> OrderSpec:
+    """An order, or order rules, checked: a non-negative int or ``"exact"``; a mapping ``{rule: order}`` (rules are
+    conv kinds of ``CONV_KINDS``, name globs or ``re:`` regexes; the first that matches a conv gives its order, a
+    conv that no rule matches is a ``ValueError`` at conversion); or text: ``"3"``, ``"exact"``,
+    ``"depthwise=exact,*=3"`` or a JSON object. ``ValueError`` in one line otherwise."""
     if isinstance(value, str):
         value = _order_text(value)
     if isinstance(value, dict):
@@ -193,16 +206,21 @@ def parse_order(value: Any) -> int | dict[str, int]:
     return _order_value(value, "order")
 
 
-def _order_value(value: Any, what: str) -> int:
+def _order_value(value: Any, what: str) -> LayerOrder:
     from njet_layers.basis import MAX_ORDER
 
+    if isinstance(value, str) and value.strip().lower() == EXACT:
+        return EXACT
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ORDER:
-        raise ValueError(f"{what} must be an integer from 0 to {MAX_ORDER} (the paper uses 2..4), got {value!r}")
+        raise ValueError(f"{what} must be an integer from 0 to {MAX_ORDER} (the paper uses 2..4) or 'exact', "
+                         f"got {value!r}")
     return value
 
 
-def _order_text(text: str) -> int | dict[str, Any]:
+def _order_text(text: str) -> LayerOrder | dict[str, Any]:
     text = text.strip()
+    if text.lower() == EXACT:
+        return EXACT
     if text.startswith("{"):
         try:
             loaded = json.loads(text)
@@ -215,22 +233,24 @@ def _order_text(text: str) -> int | dict[str, Any]:
         try:
             return int(text)
         except ValueError:
-            raise ValueError(f"order must be an integer or rules like 'depthwise=4,*=3', got {text!r}") from None
+            raise ValueError(f"order must be an integer, 'exact' or rules like 'depthwise=exact,*=3', got {text!r}"
+                             ) from None
     rules: dict[str, Any] = {}
     for part in text.split(","):
         rule, sep, order = part.strip().rpartition("=")
         try:
             if not sep:
                 raise ValueError
-            rules[rule.strip()] = int(order)
+            rules[rule.strip()] = EXACT if order.strip().lower() == EXACT else int(order)
         except ValueError:
-            raise ValueError(f"order rule {part.strip()!r} must be RULE=ORDER with an integer order") from None
+            raise ValueError(f"order rule {part.strip()!r} must be RULE=ORDER with an integer order or 'exact'"
+                             ) from None
     return rules
 
 
-def describe_order(order: int | dict[str, int]) -> str:
-    """``3`` or ``depthwise=4,*=3``: the order as the CLI takes it."""
-    return str(order) if isinstance(order, int) else ",".join(f"{r}={o}" for r, o in order.items())
+def describe_order(order: OrderSpec) -> str:
+    """``3``, ``exact`` or ``depthwise=exact,*=3``: the order as the CLI takes it."""
+    return str(order) if not isinstance(order, dict) else ",".join(f"{r}={o}" for r, o in order.items())
 
 
 def _check_k(k: float) -> None:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample
+from njet_layers.basis import is_tensor_basis
 
 from .config import ConvertConfig
 from .errors import first_line
@@ -202,7 +203,8 @@ class CheckedCalibration:
 def rewrite(model: nn.Module, cfg: ConvertConfig, report: ConversionReport,
             sigma_for: Mapping[str, float] | None = None, check_rules: bool = True, *,
             example: Tensor | None = None, pinned: Mapping[str, Any] | None = None) -> tuple[nn.Module, SurgeryState]:
-    """The surgery on a deep copy of ``model`` (fits the kernels unless ``cfg.fit`` is False).
+    """The surgery on a deep copy of ``model``, then the kernel fit (unless ``cfg.fit`` is False): surgery builds
+    the structure, :func:`njet_convert.fitting.fit_converted` fills it.
 
     ``example`` (batch 1) measures the maps that flatten heads need pinned; ``pinned`` gives them (``load``).
     """
@@ -219,6 +221,10 @@ def rewrite(model: nn.Module, cfg: ConvertConfig, report: ConversionReport,
         state.tokens = fixed_tokens(gm)
     for step in (SwapConvs, SwapPools, FunctionalPools, PlaceSubsampling):
         target = step(state).apply(target)
+    if cfg.fit:
+        from .fitting import fit_converted
+
+        fit_converted(target, state)
     if check_rules:
         state.selector.check_all_used()
     if gm is not None:
@@ -289,7 +295,12 @@ def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, c
     from .fitting.calibration import calibrate_layers
     from .fitting.calibration.holdout import split_holdout
 
-    pairs = {n: o for n, o in state.pairs.items() if n not in state.no_calibration}
+    modules = dict(out.named_modules())
+    exact = {n for n in state.pairs if is_tensor_basis(modules[n].order)}
+    if exact:
+        state.report.notes.append(f"calibration skipped for {len(exact)} conv(s) converted with order 'exact': "
+                                  "their fit is already exact")
+    pairs = {n: o for n, o in state.pairs.items() if n not in state.no_calibration and n not in exact}
     if not pairs:
         return
     opts = cfg.calibration_options if cfg.calibration_options is not None else CalibrationOptions()

@@ -41,7 +41,7 @@ class ModelSection:
 class ConvertSection:
     """Conversion settings (paper §3, §4.1): basis order, filter extent k, σ init, safe-subsampling r."""
 
-    order: int = 3
+    order: Any = 3  # an order, "exact" or per-layer rules (ConvertConfig's order; checked by parse_recipe)
     k: float = 2.0
     sigma: float = 1.0  # σ0 of layers built new (an untrained model); pretrained kernels get a fitted σ0 instead
     r: float = 4.0  # safe subsampling: factor = stride * 2 ** ((sigma - sigma0) / r) at converted points
@@ -176,6 +176,13 @@ def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
     """Validate plain data (a YAML mapping) against :class:`Recipe`; UserError names the first bad key."""
     recipe = _build(Recipe, data, where, "")
     _check_not_in_paper(recipe, where)
+    if recipe.convert is not None:
+        from .config import parse_order
+
+        try:
+            recipe.convert.order = parse_order(recipe.convert.order)
+        except ValueError as err:
+            raise UserError(f"{where}: convert.order: {first_line(err)}") from None
     return recipe
 
 

@@ -12,7 +12,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["ConversionReport", "LayerRecord", "SkipRecord", "SubsampleRecord"]
+__all__ = ["FRAGILE_SHARE", "ConversionReport", "LayerRecord", "SkipRecord", "SubsampleRecord"]
+
+_NAMED = 8  # layers named one by one in the report's conditioning line
+FRAGILE_SHARE = 0.01  # a fit with more of α's energy than this along near-null directions is named in the report
 
 
 @dataclass
@@ -31,7 +34,23 @@ class LayerRecord:
     crop: tuple[int, int] = (0, 0)
     how: str = "graph"  # "graph" (placed by the fx pass) or "module" (swapped by name)
     note: str = ""
-    order: int = 3
+    order: int | tuple[int, int] = 3  # the basis index set: the jet's order, or (n_x, n_y) of a tensor product
+    condition: float = math.nan  # of the basis the fit solved in (see fitting.KernelFit)
+    rank: int = -1
+    fragile: float = math.nan  # share of ||α||² along directions the basis barely holds at σ₀
+
+    @property
+    def basis(self) -> str:
+        """``"jet 3"`` or ``"tensor 3x3"``."""
+        from njet_layers.basis import describe_basis
+
+        return describe_basis(self.order)
+
+    @property
+    def alphas_per_kernel(self) -> int:
+        from njet_layers.basis import basis_size
+
+        return basis_size(self.order)
 
 
 @dataclass
@@ -82,6 +101,7 @@ class ConversionReport:
     # are not logits) on the calibration images held out of every fit
     fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
     recommendations: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # things the user should know about how options were applied
 
     def skip(self, name: str, type_name: str, reason: str) -> None:
         self.skipped.append(SkipRecord(name, type_name, reason))
@@ -93,6 +113,8 @@ class ConversionReport:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        for layer, record in zip(out["layers"], self.layers, strict=True):
+            layer["basis"], layer["alphas_per_kernel"] = record.basis, record.alphas_per_kernel
         out["mean_fit_error"] = self.mean_fit_error
         return _finite(out)
 
@@ -107,12 +129,14 @@ class ConversionReport:
             "",
         ]
         lines += self._fidelity_lines()
-        lines += ["| layer | original | shape | became | order | sigma | size | fit error | how |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| layer | original | shape | became | basis | α/kernel | sigma | size | fit error | cond | how |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.layers:
             extra = f" {r.note}" if r.note else ""
             lines.append(f"| {r.name} | {r.original_type} | {'x'.join(map(str, r.original_shape))} | {r.new_type}"
-                         f" | {r.order} | {r.sigma:.3g} | {r.kernel_size} | {r.fit_error:.4f} | {r.how}{extra} |")
+                         f" | {r.basis} | {r.alphas_per_kernel} | {r.sigma:.3g} | {r.kernel_size} | "
+                         f"{_error(r.fit_error)} | {r.condition:.3g} | {r.how}{extra} |")
+        lines += self._conditioning_lines()
         if self.subsampling:
             lines += ["", "| subsampling | replaces | kind | stride | factor | r | shift | group | sigma from "
                           "| rounding |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -130,8 +154,25 @@ class ConversionReport:
         if self.skipped:
             lines += ["", "| skipped | type | reason |", "|---|---|---|"]
             lines += [f"| {s.name} | {s.type} | {s.reason} |" for s in self.skipped]
+        lines += [f"\nNote: {text}" for text in self.notes]
         lines += [f"\nRecommendation: {text}" for text in self.recommendations]
         return "\n".join(lines)
+
+    def fragile_layers(self) -> list[str]:
+        """Layers whose fit is not determined by the kernel: a basis with fewer independent filters on the frame
+        than α has entries (rank < M), or more than ``FRAGILE_SHARE`` of α's energy along near-null directions."""
+        return [r.name for r in self.layers if 0 < r.rank < r.alphas_per_kernel
+                or (math.isfinite(r.fragile) and r.fragile > FRAGILE_SHARE)]
+
+    def _conditioning_lines(self) -> list[str]:
+        fragile = self.fragile_layers()
+        if not fragile:
+            return []
+        names = ", ".join(fragile[:_NAMED]) + (f" and {len(fragile) - _NAMED} more" if len(fragile) > _NAMED else "")
+        return ["", f"{len(fragile)} of {len(self.layers)} fit(s) rely on directions below the numerical rank: the "
+                    "basis is over-complete or ill-conditioned on the kernel's frame, so α is one choice among many "
+                    "at this σ and the directions the frame cannot see take over once σ moves (order 'exact' has "
+                    f"none; the table's cond is over the directions used): {names}"]
 
     def fidelity_summary(self) -> str:
         """One line: agreement and KL per stage on the held-out images (empty without a held-out slice)."""
@@ -155,6 +196,11 @@ class ConversionReport:
 
     def __str__(self) -> str:
         return self.to_markdown()
+
+
+def _error(value: float) -> str:
+    """A fit error: 4 decimals, or the exponent when it is below what 4 decimals show (exact fits)."""
+    return f"{value:.4f}" if not 0 < value < 1e-4 else f"{value:.1e}"
 
 
 def _measure(m: dict[str, float]) -> str:

@@ -145,10 +145,12 @@ def test_report_recommends_an_order_rule_for_poor_fits():
     model = _wide_net(channels=8)  # random 3×3 kernels: order 3 misses part of each
     _, report = njet_convert.convert(model, order={"0": 4, "*": 3})  # the stem exact, the other conv poor
     (advice,) = report.recommendations
-    assert "order='dense=4,*=3'" in advice and "Recommendation" in report.to_markdown()
+    assert "order='dense=exact,*=3'" in advice and "Recommendation" in report.to_markdown()
     _, everything = njet_convert.convert(model, order=3)
-    assert "try order='4'" in everything.recommendations[0]
+    assert "try order='exact'" in everything.recommendations[0]
     _, exact = njet_convert.convert(model, order=4)
+    assert exact.recommendations == []
+    _, exact = njet_convert.convert(model, order="exact")
     assert exact.recommendations == []
 
 
@@ -200,7 +202,7 @@ def test_report_recommends_orders_when_held_out_agreement_is_low_though_each_fit
     assert recommend_orders(report, 3, convs) == []
     report.fidelity["calibrated"]["agreement"] = 0.75
     (advice,) = recommend_orders(report, 3, convs)
-    assert "try order='depthwise=4,*=3'" in advice and "75.0 %" in advice
+    assert "try order='depthwise=exact,*=3'" in advice and "75.0 %" in advice
 
 
 def test_cli_refuses_to_calibrate_an_untrained_network(tmp_path):

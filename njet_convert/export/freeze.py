@@ -12,7 +12,8 @@
 
 Why an example input: a SafeSubsample's output size depends on its input size, which only a forward pass knows;
 with it, ``freeze`` records every size and can bake constant sizes (a static ONNX graph) and check the frozen
-model against the N-Jet model (≤ 1e-5 relative, else ``ValueError`` with the figures). The model passed in is
+model against the N-Jet model (≤ 1e-5 relative, or within 8× the N-Jet model's own float32 rounding where that
+is larger; else ``ValueError`` with the figures). The model passed in is
 never modified. The result is in eval mode and carries a :class:`FreezeReport` as ``frozen.freeze_report``.
 """
 
@@ -41,6 +42,7 @@ __all__ = ["FreezeReport", "FrozenLayer", "FrozenResize", "freeze", "max_relativ
 
 Form = Literal["auto", "dense", "separable"]
 FREEZE_RTOL = 1e-5
+NOISE_FACTOR = 8.0  # a frozen model may differ from the N-Jet model by this many times the latter's float32 noise
 _DYNAMIC_CHECK = 1024  # input sizes checked before a subsampling becomes a strided slice
 _RESIZE_LEAVES = (FixedResize, ResizeTo, ScaleResize, StridedSubsample)
 
@@ -50,7 +52,7 @@ class FrozenLayer:
     """One frozen N-Jet conv: its scale, size and the inference form chosen (``dense`` or ``separable``)."""
 
     name: str
-    order: int
+    order: int | tuple[int, int]  # the basis index set (jet order, or (n_x, n_y) of a tensor product)
     k: float
     sigma: float
     kernel_size: int
@@ -91,6 +93,7 @@ class FreezeReport:
     folded_strides: list[tuple[str, str]] = field(default_factory=list)
     dynamic_spatial: bool = False
     max_rel_error: float | None = None
+    tolerance: float | None = None  # what the check allowed (FREEZE_RTOL, or the N-Jet model's own float32 noise)
     source_architecture: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,15 +139,16 @@ def freeze(
         model: an N-Jet network (an fx ``GraphModule`` from ``convert`` or any module tree); a model that is
             already frozen is copied (its ``freeze_report`` kept).
         example_input: a batch the model accepts. Records each resize's sizes (fixed-size form) and checks the
-            frozen model against ``model`` on it (≤ 1e-5 relative, else ``ValueError`` with the figures).
+            frozen model against ``model`` on it (see ``check``; ``ValueError`` with the figures).
         dynamic_spatial: use the scale-factor form for every resize that is not a strided slice, so the frozen
             model accepts any spatial size. Without ``example_input`` this form is used anyway.
         form: ``"dense"`` s×s convs, ``"separable"`` basis-first chains, or ``"auto"``: separable where it needs
             ``separable_gain`` times fewer multiply-adds than dense (see :mod:`njet_convert.export.separable`).
         fold_bn: fold BatchNorm into the preceding conv.
         fold_stride: turn ``conv → strided slice`` into a strided conv (computes only the kept pixels).
-        check: compare with ``model`` on ``example_input``. Deep networks with unfitted (random) α can amplify
-            float32 rounding differences past 1e-5 (nothing to do with freezing): pass ``check=False`` there.
+        check: compare with ``model`` on ``example_input``: within 1e-5 relative, or, where the N-Jet model's own
+            float32 result is less precise (large cancelling α, deep nets with random α), within 8× its distance from
+            its float64 result — a real mismatch is refused, float32's limits are not.
     """
     _check_args(model, example_input, form, separable_gain)
     work = copy.deepcopy(model).eval()
@@ -179,7 +183,7 @@ def freeze(
     if fold_stride:
         report.folded_strides = fold_strides(work, _RESIZE_LEAVES)
     if example_input is not None and check:
-        report.max_rel_error = _check_match(reference, work, example_input)
+        report.max_rel_error, report.tolerance = _check_match(reference, work, example_input, model)
     work.freeze_report = report
     return work.eval()
 
@@ -301,8 +305,8 @@ def max_relative_error(out: Any, ref: Any) -> float:
     outs, refs = _leaves(out), _leaves(ref)
     if len(outs) != len(refs):
         raise ValueError(f"outputs differ in structure: {len(outs)} tensors vs {len(refs)}")
-    err = max((float((a.double() - b.double()).abs().max()) for a, b in zip(outs, refs, strict=True)), default=0.0)
-    scale = max((float(b.double().abs().max()) for b in refs), default=0.0)
+    err = max((float((a.detach().double() - b.detach().double()).abs().max()) for a, b in zip(outs, refs, strict=True)), default=0.0)
+    scale = max((float(b.detach().double().abs().max()) for b in refs), default=0.0)
     return err / max(scale, 1e-30)
 
 
@@ -316,9 +320,24 @@ def _leaves(out: Any) -> list[Tensor]:
     return []
 
 
-def _check_match(ref: Any, frozen: nn.Module, x: Tensor) -> float:
-    out = frozen(x)
-    err = max_relative_error(out, ref)
-    if not err <= FREEZE_RTOL:
-        raise ValueError(f"frozen model differs from the N-Jet model: max relative error {err:.3g} > {FREEZE_RTOL:g}")
-    return err
+def _check_match(ref: Any, frozen: nn.Module, x: Tensor, model: nn.Module) -> tuple[float, float]:
+    """``(error, tolerance)``: the frozen model's max relative error against the N-Jet model on ``x``, within
+    ``FREEZE_RTOL`` or, where the N-Jet model's own float32 result is less precise than that (large α that cancel,
+    deep nets), within ``NOISE_FACTOR`` times its distance from its float64 result; ``ValueError`` beyond."""
+    err = max_relative_error(frozen(x), ref)
+    if err <= FREEZE_RTOL:
+        return err, FREEZE_RTOL
+    noise = _float32_noise(model, x, ref)
+    tolerance = max(FREEZE_RTOL, NOISE_FACTOR * noise)
+    if not err <= tolerance:
+        raise ValueError(f"frozen model differs from the N-Jet model: max relative error {err:.3g} > {tolerance:.3g} "
+                         f"(the N-Jet model's own float32 rounding on this input is {noise:.3g})")
+    return err, tolerance
+
+
+def _float32_noise(model: nn.Module, x: Tensor, ref: Any) -> float:
+    """How far the N-Jet model's output ``ref`` (in its own dtype) lies from the same model run in float64."""
+    if not x.is_floating_point() or x.dtype == torch.float64:
+        return 0.0
+    exact = copy.deepcopy(model).eval().double()
+    return max_relative_error(ref, exact(x.double()))

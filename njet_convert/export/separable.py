@@ -2,10 +2,11 @@
 
 Every basis filter is separable, ``g_j(y) · g_i(x)``, so an N-Jet layer can run basis-first with plain modules:
 
-1. ``Conv2d(C, C·J, (s, 1), groups=C)``: each input channel filtered along y by the ``J = order + 1`` 1-D
-   Gaussian derivatives ``g_0..g_N``;
+1. ``Conv2d(C, C·J, (s, 1), groups=C)``: each input channel filtered along y by the ``J = n_y + 1`` 1-D
+   filters of the layer's basis (``NJetConv2d.axis_filters``: the Gaussian derivatives ``g_0..g_N`` of the jet, or
+   the per-axis mixed rows of a tensor basis);
 2. ``Conv2d(C·J, C·M, (1, s), groups=C)``: along x, basis map ``m = (i, j)`` reads the y-map of order ``j`` with
-   ``g_i`` (zero weights on the other ``J - 1`` inputs of the group);
+   the x filter ``i`` (zero weights on the other ``J - 1`` inputs of the group);
 3. ``Conv2d(C·M, C_out, 1, groups=g)``: the 1×1 combine with α (and the bias).
 
 Cost per output pixel in multiply-adds (:func:`layer_costs`): dense ``s² · C/g · C_out``; separable
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from njet_layers import NJetConv2d, basis_orders, gaussian_derivatives_1d
+from njet_layers import NJetConv2d, basis_orders
+from njet_layers.basis import axis_orders
 
 __all__ = ["LayerCosts", "dense_form", "layer_costs", "separable_form"]
 
@@ -37,7 +39,7 @@ class LayerCosts:
 def layer_costs(layer: NJetConv2d) -> LayerCosts:
     """Multiply-add counts per output pixel for the dense and the separable form of ``layer`` at its current σ."""
     s, c_in, c_out, groups = layer.kernel_size, layer.in_channels, layer.out_channels, layer.groups
-    j, m = layer.order + 1, len(basis_orders(layer.order))
+    j, m = axis_orders(layer.order)[1] + 1, len(basis_orders(layer.order))
     dense = s * s * (c_in // groups) * c_out
     separable = layer.stride[1] * c_in * j * s + c_in * m * j * s + (c_in // groups) * m * c_out
     return LayerCosts(dense=dense, separable=separable)
@@ -60,19 +62,19 @@ def separable_form(layer: NJetConv2d) -> nn.Sequential:
     if min(pad) < 0:
         raise ValueError(f"crop={layer.crop} exceeds the filter radius {radius}: not expressible as padding")
     alpha = layer.alpha.detach()
-    g = gaussian_derivatives_1d(order, layer.sigma.detach(), radius).to(alpha.dtype)  # [J, s]
+    g_x, g_y = (g.detach().to(alpha.dtype) for g in layer.axis_filters())  # [n_x + 1, s], [J, s]
     pairs = basis_orders(order)
     c_in, c_out, groups = layer.in_channels, layer.out_channels, layer.groups
-    n_j, n_m, size = order + 1, len(pairs), 2 * radius + 1
+    n_j, n_m, size = g_y.shape[0], len(pairs), 2 * radius + 1
     factory = {"device": alpha.device, "dtype": alpha.dtype}
     along_y = nn.Conv2d(c_in, c_in * n_j, (size, 1), stride=(layer.stride[0], 1), padding=(pad[0], 0),
                         groups=c_in, bias=False, **factory)
-    along_y.weight.copy_(g.repeat(c_in, 1).view(c_in * n_j, 1, size, 1))
+    along_y.weight.copy_(g_y.repeat(c_in, 1).view(c_in * n_j, 1, size, 1))
     along_x = nn.Conv2d(c_in * n_j, c_in * n_m, (1, size), stride=(1, layer.stride[1]), padding=(0, pad[1]),
                         groups=c_in, bias=False, **factory)
     block = torch.zeros(n_m, n_j, size, **factory)
     for m, (i, j) in enumerate(pairs):
-        block[m, j] = g[i]
+        block[m, j] = g_x[i]
     along_x.weight.copy_(block.repeat(c_in, 1, 1).view(c_in * n_m, n_j, 1, size))
     combine = nn.Conv2d(c_in * n_m, c_out, 1, groups=groups, bias=layer.bias is not None, **factory)
     combine.weight.copy_(alpha.reshape(c_out, (c_in // groups) * n_m, 1, 1))

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from njet_layers import basis_size, filter_radius, gaussian_basis
 
-from .kernel_fit import KernelFit
+from .kernel_fit import KernelFit, basis_conditioning
 from .placement import embed_kernel, kernel_radius
 from .sigma_search import default_sigma_grid
 
@@ -63,9 +63,12 @@ def fit_kernels(
     best = min(errors)
     ties = [i for i, e in enumerate(errors) if e <= best + _TIE_TOLERANCE]
     i = min(ties, key=lambda j: (filter_radius(grid[j], k), -grid[j]))
-    place, _, pinv = ops[i]
-    alpha = (taps @ (place @ pinv)).reshape(*weight.shape[:2], -1)
-    return KernelFit(alpha=alpha.to(torch.float32).to(weight.device), sigma=grid[i], error=errors[i])
+    place, basis, pinv = ops[i]
+    flat = taps @ (place @ pinv)
+    condition, rank, fragile = basis_conditioning(basis, flat)
+    alpha = flat.reshape(*weight.shape[:2], -1)
+    return KernelFit(alpha=alpha.to(torch.float32).to(weight.device), sigma=grid[i], error=errors[i],
+                     condition=condition, rank=rank, fragile=fragile)
 
 
 def sigma_errors(weight: Tensor, order: int, k: float, grid: Sequence[float],

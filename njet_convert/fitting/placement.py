@@ -12,16 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..surgery.convs import kernel_radius
+
 __all__ = ["embed_kernel", "kernel_radius"]
-
-
-def kernel_radius(kernel_size: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> int:
-    """Smallest radius ``R`` of a square ``(2R + 1)``-frame that holds the (dilated) kernel as placed above."""
-    radii = []
-    for size, dil in zip(kernel_size, dilation, strict=True):
-        before = (size - 1) // 2
-        radii.append(dil * max(before, size - 1 - before))
-    return max(radii)
 
 
 def embed_kernel(weight: Tensor, radius: int, dilation: tuple[int, int] = (1, 1)) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ConvPlan", "conv_output_size", "plan_conv"]
+__all__ = ["ConvPlan", "conv_output_size", "kernel_radius", "plan_conv"]
 
 
 @dataclass
@@ -33,6 +33,11 @@ class ConvPlan:
     standardised: bool = False  # the fit used the weight-standardised kernel (fixed from then on)
     reason: str = ""
 
+    @property
+    def frame_radius(self) -> int:
+        """Radius of the smallest square N-Jet filter frame that holds the (dilated) kernel."""
+        return kernel_radius(self.kernel_size, self.dilation)
+
     def out_size(self, n: int, axis: int) -> int:
         """The original conv's output size along ``axis`` for input size ``n``."""
         if self.pad_same:
@@ -47,6 +52,16 @@ class ConvPlan:
             k, s, d = self.kernel_size[axis], self.stride[axis], self.dilation[axis]
             return n + same_padding(n, k, s, d) - 2 * self.crop[axis]
         return n - 2 * self.crop[axis]
+
+
+def kernel_radius(kernel_size: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> int:
+    """Smallest radius ``R`` of a square ``(2R + 1)``-frame that holds the (dilated) kernel, placed with
+    ``(k - 1) // 2`` taps before the centre (even kernels put the extra tap after it)."""
+    radii = []
+    for size, dil in zip(kernel_size, dilation, strict=True):
+        before = (size - 1) // 2
+        radii.append(dil * max(before, size - 1 - before))
+    return max(radii)
 
 
 def conv_output_size(n: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool = False) -> int:

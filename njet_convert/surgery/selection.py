@@ -7,7 +7,7 @@ import re
 
 from torch import nn
 
-from ..config import CONV_KINDS, Rule, describe_order, describe_rule
+from ..config import CONV_KINDS, LayerOrder, OrderSpec, Rule, describe_order, describe_rule
 
 __all__ = ["Selector", "conv_kind", "order_for", "rule_matches"]
 
@@ -33,10 +33,10 @@ def conv_kind(conv: nn.Module) -> str:
     return "pointwise" if tuple(getattr(conv, "kernel_size", (3, 3))) == (1, 1) else "dense"
 
 
-def order_for(order: int | dict[str, int], name: str, conv: nn.Module) -> int:
+def order_for(order: OrderSpec, name: str, conv: nn.Module) -> LayerOrder:
     """The order of conv ``name``: ``order`` itself, or the first order rule that matches (a kind of
     ``CONV_KINDS`` matches by :func:`conv_kind`, other rules by name); ``ValueError`` if none does."""
-    if isinstance(order, int):
+    if not isinstance(order, dict):
         return order
     for rule, value in order.items():
         if (conv_kind(conv) == rule) if rule in CONV_KINDS else rule_matches(rule, name, conv):

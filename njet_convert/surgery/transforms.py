@@ -17,8 +17,8 @@ from torch import fx, nn
 
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample, safe_output_size
 
-from ..fitting import fit_kernels
 from ..report import LayerRecord, SubsampleRecord
+from .basis_choice import layer_basis
 from .convs import ConvPlan, plan_conv
 from .joins import analyse_joins
 from .modules import PadSame
@@ -71,7 +71,8 @@ def choose_rounding(plan, stride: int, before: bool = False) -> tuple[str, bool]
 
 
 class SwapConvs(Transform):
-    """Every selected conv with a kernel larger than 1×1 → NJetConv2d (fitted unless structure-only)."""
+    """Every selected conv with a kernel larger than 1×1 → NJetConv2d with the conv's bias and a starting σ; its
+    α and σ are filled afterwards by :mod:`njet_convert.fitting` (or loaded from a checkpoint)."""
 
     def apply(self, model: nn.Module) -> nn.Module:
         st = self.state
@@ -117,7 +118,7 @@ class SwapConvs(Transform):
             note += f" dilation {plan.dilation}: sigma covers the dilated support"
         if safe and plan.stride[0] != plan.stride[1]:
             safe, note = False, f"{note} anisotropic stride {plan.stride} kept"
-        layer, error = self._build(name, conv, plan, (1, 1) if safe else plan.stride)
+        layer = self._build(name, conv, plan, (1, 1) if safe else plan.stride)
         nodes = _nodes_calling(st, name)
         pad = PadSame(plan.kernel_size, plan.stride, plan.dilation) if plan.pad_same else None
         st.originals[name] = conv
@@ -153,28 +154,24 @@ class SwapConvs(Transform):
             st.no_calibration.add(njet_name)
         st.report.layers.append(LayerRecord(
             njet_name, _type_name(conv), tuple(conv.weight.shape), "NJetConv2d", float(layer.sigma.detach()),
-            layer.kernel_size, error, plan.stride, plan.dilation, plan.crop, how, note.strip()))
+            layer.kernel_size, float("nan"), plan.stride, plan.dilation, plan.crop, how, note.strip(),
+            order=layer.order))
 
-    def _build(self, name: str, conv: nn.Conv2d, plan: ConvPlan, stride) -> tuple[NJetConv2d, float]:
+    def _build(self, name: str, conv: nn.Conv2d, plan: ConvPlan, stride) -> NJetConv2d:
+        """The NJetConv2d that takes ``conv``'s place: its basis, channels, groups, bias, crop and mode; σ starts
+        where its filter just covers the kernel (or at the configured / loaded σ)."""
         cfg = self.state.cfg
-        weight = plan.weight()
-        order = order_for(cfg.order, name, conv)
-        if cfg.fit:
-            fit = fit_kernels(weight, order, cfg.k, sigma_grid=cfg.sigma_grid, dilation=plan.dilation)
-            sigma, alpha, error = fit.sigma, fit.alpha, fit.error
-        else:
-            need = max(d * (k - 1) - d * (k - 1) // 2 for k, d in zip(plan.kernel_size, plan.dilation, strict=True))
-            start = cfg.sigma if cfg.sigma is not None else max(need, 1) / cfg.k
-            sigma, alpha, error = self.state.sigma_for.get(name, start), None, float("nan")
-        layer = NJetConv2d(conv.in_channels, conv.out_channels, order=order, sigma=sigma, k=cfg.k,
-                           groups=conv.groups, bias=conv.bias is not None, stride=stride, crop=plan.crop,
-                           learn_sigma=cfg.learn_sigma, device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            if alpha is not None:
-                layer.alpha.copy_(alpha)
-            if conv.bias is not None:
+        weight = conv.weight
+        order = layer_basis(order_for(cfg.order, name, conv), plan, name)
+        start = cfg.sigma if cfg.sigma is not None else max(plan.frame_radius, 1) / cfg.k
+        sigma = self.state.sigma_for.get(name, start)
+        layer = NJetConv2d(conv.in_channels, conv.out_channels, order=order, sigma=sigma, k=cfg.k, groups=conv.groups,
+                           bias=conv.bias is not None, stride=stride, crop=plan.crop, learn_sigma=cfg.learn_sigma,
+                           device=weight.device, dtype=weight.dtype)
+        if conv.bias is not None:
+            with torch.no_grad():
                 layer.bias.copy_(conv.bias.detach())
-        return layer.train(conv.training), error
+        return layer.train(conv.training)
 
     def _wrap(self, model: nn.Module, name: str, parts: list, point: Point | None) -> None:
         wrapper = nn.Sequential(OrderedDict(parts))
