@@ -305,7 +305,8 @@ def max_relative_error(out: Any, ref: Any) -> float:
     outs, refs = _leaves(out), _leaves(ref)
     if len(outs) != len(refs):
         raise ValueError(f"outputs differ in structure: {len(outs)} tensors vs {len(refs)}")
-    err = max((float((a.detach().double() - b.detach().double()).abs().max()) for a, b in zip(outs, refs, strict=True)), default=0.0)
+    pairs = zip(outs, refs, strict=True)
+    err = max((float((a.detach().double() - b.detach().double()).abs().max()) for a, b in pairs), default=0.0)
     scale = max((float(b.detach().double().abs().max()) for b in refs), default=0.0)
     return err / max(scale, 1e-30)
 
