@@ -4,7 +4,8 @@ Every model goes through ``njet_convert.export_onnx`` (TorchScript exporter, ops
 against PyTorch) and runs in onnxruntime on the CPU; the variants are timed round-robin in one run (so machine
 load hits them alike) and the table gives the median latency at batch 1 and 32 and the ratio to the original.
 
-Variants: the original, and N-Jet order 3 made the way the demo makes it (``njet_convert.demo``): the real
+Variants: the original; the lossless conversion (``order="exact"``, plain fit, no data); and N-Jet order 3 made the
+way the demo makes it (``njet_convert.demo``): the real
 conversion path ``njet_convert.convert`` with its default safe subsampling (every strided conv → stride 1 + a
 SafeSubsample linked to its σ), kernels fitted on real calibration photos; frozen with ``form="auto"`` (each
 layer dense or separable, whichever is cheaper) and, for comparison, with every layer ``form="dense"``.
@@ -43,18 +44,18 @@ def original() -> nn.Module:
     return model.eval()
 
 
-def converted(subsample: str, calibration: int, calib_size: int) -> tuple[nn.Module, str]:
-    """MobileNetV2 → N-Jet order 3 through :func:`njet_convert.convert`, fitted on ``calibration`` real photos."""
+def converted(subsample: str, calibration: int, calib_size: int, order: int | str = 3) -> tuple[nn.Module, str]:
+    """MobileNetV2 → N-Jet through :func:`njet_convert.convert`, fitted on ``calibration`` real photos."""
     from njet_convert.data.photos import calibration_photos
 
     calib = calibration_photos(calibration, calib_size) if calibration else None
     t0 = time.perf_counter()
-    model, report = njet_convert.convert(original(), order=3, subsample=subsample, calibration=calib,
+    model, report = njet_convert.convert(original(), order=order, subsample=subsample, calibration=calib,
                                          source="torchvision:mobilenet_v2", progress=False)
     sizes = sorted({m.kernel_size for m in model.modules() if isinstance(m, NJetConv2d)})
-    print(f"converted (subsample={subsample!r}, {calibration} calibration photos at {calib_size} px): "
+    print(f"converted (order {order}, subsample={subsample!r}, {calibration} calibration photos at {calib_size} px): "
           f"{len(report.layers)} convs, kernel sizes {sizes}, {time.perf_counter() - t0:.0f} s", flush=True)
-    return model.eval(), f"N-Jet, {subsample} subsampling"
+    return model.eval(), f"N-Jet order {order}, {subsample} subsampling"
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
@@ -75,6 +76,8 @@ def main() -> None:
     torch.manual_seed(0)
     example = torch.randn(1, 3, args.size, args.size)
     variants: list[tuple[str, nn.Module, str]] = [("original MobileNetV2", original(), "auto")]
+    exact, label = converted("safe", 0, args.calib_size, order="exact")
+    variants.append((f"{label}, auto form", exact, "auto"))
     modes = ("safe", "keep") if args.keep else ("safe",)
     for mode in modes:
         model, label = converted(mode, args.calibration, args.calib_size)

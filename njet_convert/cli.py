@@ -103,8 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", metavar="MODEL", help="what to convert (see below)")
     g = p.add_argument_group("conversion")
     g.add_argument("--order", type=_order, metavar="ORDER|RULES",
-                   help="N-Jet basis order (default 3, or the recipe's), or per-layer rules, first match wins: "
-                        "e.g. depthwise=4,*=3 (kinds depthwise/grouped/dense/pointwise, name globs, re:regex) or JSON")
+                   help="N-Jet basis: an order of the paper's jet (3 in the paper), 'exact' (per conv the tensor basis "
+                        "of its own kernel size: lossless, the original parameter count), or per-layer rules, first "
+                        "match wins: e.g. depthwise=exact,*=3 (kinds depthwise/grouped/dense/pointwise, name globs, "
+                        "re:regex) or JSON. Default: the recipe's; else 'exact' for pretrained weights (--checkpoint, "
+                        "--pretrained), 3 for a network built new")
     g.add_argument("--k", type=_k, help="filter extent in σ: size 2⌈kσ⌉+1 (default 2)")
     g.add_argument("--subsample", choices=("safe", "keep"), help="strides -> safe subsampling, or keep them")
     g.add_argument("--r", type=_positive("--r"), help="safe subsampling: a point's factor is stride·2^((σ-σ0)/r), "
@@ -400,7 +403,7 @@ def _main(argv: list[str]) -> int:
 
 
 def _fill_defaults(args: argparse.Namespace) -> None:
-    for key, value in (("order", 3), ("k", 2.0), ("subsample", "safe"), ("r", 4.0), ("sigma", 1.0)):
+    for key, value in (("k", 2.0), ("subsample", "safe"), ("r", 4.0), ("sigma", 1.0)):
         if getattr(args, key) is None:
             setattr(args, key, value)
     if not hasattr(args, "finetune"):
@@ -474,7 +477,7 @@ def _convert(run: _Run) -> str:
 
     import njet_convert
 
-    from .config import describe_order
+    from .config import EXACT, describe_order
 
     args, spec, log = run.args, run.spec, run.log
     start = time.perf_counter()
@@ -482,6 +485,8 @@ def _convert(run: _Run) -> str:
         raise UserError("--recover needs --calibrate DATA (it distils on the calibration images)")
     device = _device(args.device)
     model, weights = _load_model(run)
+    if args.order is None:  # pretrained kernels convert losslessly; a network built new gets the paper's jet
+        args.order = EXACT if weights != "untrained" else 3
     if args.calibrate and weights == "untrained":
         raise UserError(f"--calibrate needs the network's weights (--checkpoint PATH or --pretrained): an untrained "
                         f"{spec.name} is built new at σ0 (--sigma), there are no kernels to calibrate")
@@ -506,6 +511,8 @@ def _convert(run: _Run) -> str:
     njet_model, report = _api(lambda: njet_convert.convert(model, order=args.order, k=args.k, subsample=args.subsample,
                                                            calibration=calibration, source=spec.source, **options),
                               "convert")
+    for note in report.notes:
+        log(f"note: {note}")
     example = torch.randn(2, *input_size, device=device)
     text = report.to_markdown()
     run.result.update(model=args.model, source=spec.source, recipe=getattr(spec.recipe, "name", None),
