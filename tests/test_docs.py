@@ -13,6 +13,7 @@ import re
 import runpy
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -27,7 +28,8 @@ INLINE = re.compile(r"(?<!`)`([^`]+)`(?!`)")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^()\s]+)\)")
 HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*$", re.M)
 # Commands in running text count when they start like one of these (a figure's command is often written inline);
-# one without options (`python -m njet_convert.export DIR`) names a program, whose --help must then work.
+# one with no arguments or only placeholders (`python -m njet_convert.export DIR`) names a program: its --help must
+# work.
 INLINE_COMMANDS = ("njet-convert ", "python ", "torchrun ", "time ")
 OWN_PACKAGES = ("njet_convert", "njet_layers")
 
@@ -103,15 +105,28 @@ class _Parsed(BaseException):
     command's own ``except Exception`` cannot turn it into an internal error)."""
 
 
-@contextlib.contextmanager
-def _stop_after_parsing(monkeypatch: pytest.MonkeyPatch):
-    parse_args = argparse.ArgumentParser.parse_args
+def _stop_after_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now until the test ends, every argparse parser stops the program once it has parsed: ``parse_args``
+    (which still rejects unknown arguments) and ``parse_known_args`` when a program calls it itself."""
+    parse_args, parse_known_args = argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args
+    inside: list[object] = []
 
     def parse_then_stop(self, args=None, namespace=None):
-        raise _Parsed(parse_args(self, args, namespace))
+        inside.append(self)
+        try:
+            parsed = parse_args(self, args, namespace)
+        finally:
+            inside.pop()
+        raise _Parsed(parsed)
+
+    def parse_known_then_stop(self, args=None, namespace=None):
+        parsed = parse_known_args(self, args, namespace)
+        if not inside:
+            raise _Parsed(parsed)
+        return parsed
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
-    yield
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parse_known_then_stop)
 
 
 def _words(command: str) -> list[str]:
@@ -129,8 +144,13 @@ def _words(command: str) -> list[str]:
 
 
 def _console_scripts() -> dict[str, str]:
-    return {ep.name: ep.value for ep in entry_points(group="console_scripts")
-            if ep.dist is not None and ep.dist.name == "njet"}
+    """The commands pyproject.toml installs (name -> ``module:function``); the installed metadata on Python 3.10."""
+    try:
+        import tomllib
+    except ImportError:
+        return {ep.name: ep.value for ep in entry_points(group="console_scripts")
+                if ep.dist is not None and ep.dist.name == "njet"}
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 
 
 def _make_targets() -> set[str]:
@@ -158,11 +178,12 @@ def _torchrun_target(words: list[str]) -> tuple[str, str, list[str]]:
     return "script", script, words[words.index(script) + 1:]
 
 
-def _run_parsing(run, argv0: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> str | None:
+def _run_parsing(run: Callable[[], object], argv0: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> str | None:
     """Run ``run()`` with ``sys.argv`` set until its parser has parsed; None when it parsed, else why not."""
     monkeypatch.setattr(sys, "argv", [argv0, *args])
+    _stop_after_parsing(monkeypatch)
     err = io.StringIO()
-    with _stop_after_parsing(monkeypatch), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             result = run()
         except _Parsed:
@@ -171,7 +192,7 @@ def _run_parsing(run, argv0: str, args: list[str], monkeypatch: pytest.MonkeyPat
             if exit_.code in (0, None) and ("--help" in args or "-h" in args):
                 return None
             result = exit_.code
-    return f"exit {result!r} before its arguments parsed: {err.getvalue().strip()[-500:]}"
+    return f"ended ({result!r}) without its arguments parsing: {err.getvalue().strip()[-500:]}"
 
 
 def _check_command(words: list[str], monkeypatch: pytest.MonkeyPatch) -> str | None:
@@ -213,10 +234,11 @@ def test_the_docs_show_commands():
 
 @pytest.mark.parametrize("command", COMMANDS, ids=str)
 def test_every_command_shown_still_parses(command, monkeypatch, tmp_path):
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(tmp_path)  # should a program not stop after parsing, what it writes lands here
     words = _words(command.text)
-    if command.inline and not any(w.startswith("-") and w != "-m" for w in words[1:]):
-        words = [*words[:3 if words[1:2] == ["-m"] else 2], "--help"]  # names a program: `python -m X DIR`
+    program = 3 if words[1:2] == ["-m"] else 2 if words[0].startswith("python") else 1
+    if command.inline and all(re.fullmatch(r"[A-Z][A-Z0-9_]*", w) for w in words[program:]):
+        words = [*words[:program], "--help"]  # none or only placeholders: it names a program (`python -m X DIR`)
     problem = _check_command(words, monkeypatch)
     assert problem is None, f"{command}: `{command.text}`: {problem}"
 
