@@ -54,6 +54,9 @@ class NJetConv2d(nn.Module):
         k: filter extent in σ: the filter is clipped to radius ``ceil(k * sigma)``.
         dilation_init: initialise σ as ``dilation_init / k`` so the filter spans a dilated 3×3 conv's footprint.
         stride: kept for conversions that leave strides in place (``subsample="keep"``); N-Jet nets use 1.
+        dilation: spacing of the filter's taps, kept from a converted dilated conv (the lossless conversion, docs/
+            design.md, "Lossless conversion"): σ is then in units of that spacing. Dilated layers run the dense
+            path. N-Jet nets built new use 1 and let σ set the footprint (``dilation_init``).
         crop: pixels removed from each border of the 'same'-size output, to reproduce a convolution with less
             padding (such as 'valid') at an output size that does not depend on σ.
         sigma_bounds: ``(min, max)`` of σ; default ``(0.25, max(8, 2 * sigma))``.
@@ -90,6 +93,7 @@ class NJetConv2d(nn.Module):
         dilation_init: float | None = None,
         *,
         stride: _Pair = 1,
+        dilation: _Pair = 1,
         crop: _Pair = 0,
         sigma_bounds: tuple[float, float] | None = None,
         max_kernel_size: int | None = None,
@@ -114,8 +118,13 @@ class NJetConv2d(nn.Module):
         self.order: BasisOrder = order if isinstance(order, int) else (int(order[0]), int(order[1]))
         self.k = float(k)
         self.stride, self.crop = _pair(stride, "stride"), _pair(crop, "crop")
+        self.dilation = _pair(dilation, "dilation")
         if min(self.stride) < 1:
             raise ValueError(f"stride must be >= 1, got {stride!r}")
+        if min(self.dilation) < 1:
+            raise ValueError(f"dilation must be >= 1, got {dilation!r}")
+        if self.dilation != (1, 1) and impl not in ("auto", "dense"):
+            raise ValueError(f"impl={impl!r} does not support dilation {self.dilation}: use 'auto' or 'dense'")
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.impl: Impl = impl
@@ -216,6 +225,8 @@ class NJetConv2d(nn.Module):
     def resolve_impl(self, size: tuple[int, int], batch: int | None = None) -> str:
         """The path ``forward`` takes for inputs of spatial ``size`` (H, W) (and ``batch`` images, when known):
         ``"dense"``, ``"basis_first"`` or ``"fft"``."""
+        if self.dilation != (1, 1):
+            return "dense"  # the fast paths assume adjacent taps
         if self.impl != "auto":
             return self.impl
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -267,8 +278,8 @@ class NJetConv2d(nn.Module):
 
     def _convolve(self, x: Tensor, weight: Tensor) -> Tensor:
         radius = (weight.shape[-1] - 1) // 2
-        pad = [radius - c for c in self.crop]
-        out = F.conv2d(x, weight, self.bias, self.stride, [max(p, 0) for p in pad], 1, self.groups)
+        pad = [d * radius - c for d, c in zip(self.dilation, self.crop, strict=True)]
+        out = F.conv2d(x, weight, self.bias, self.stride, [max(p, 0) for p in pad], self.dilation, self.groups)
         if min(pad) < 0:  # crop wider than the filter's own padding: trim the rest
             ch, cw = (max(-p, 0) for p in pad)
             out = out[..., ch : out.shape[-2] - ch, cw : out.shape[-1] - cw]
@@ -292,12 +303,13 @@ class NJetConv2d(nn.Module):
         """A plain :class:`torch.nn.Conv2d` carrying the frozen kernel and bias (same output, no njet code)."""
         weight = self.kernel()
         radius = (weight.shape[-1] - 1) // 2
-        if any(c > radius for c in self.crop):
+        pad = tuple(d * radius - c for d, c in zip(self.dilation, self.crop, strict=True))
+        if min(pad) < 0:
             raise ValueError(f"crop={self.crop} exceeds the filter radius {radius}: not expressible as padding")
         conv = nn.Conv2d(
-            self.in_channels, self.out_channels, weight.shape[-1], stride=self.stride,
-            padding=tuple(radius - c for c in self.crop), groups=self.groups, bias=self.bias is not None,
-            device=weight.device, dtype=weight.dtype,
+            self.in_channels, self.out_channels, weight.shape[-1], stride=self.stride, padding=pad,
+            dilation=self.dilation, groups=self.groups, bias=self.bias is not None, device=weight.device,
+            dtype=weight.dtype,
         )
         conv.weight.copy_(weight)
         if self.bias is not None:
@@ -311,6 +323,8 @@ class NJetConv2d(nn.Module):
         ]
         if self.stride != (1, 1):
             parts.append(f"stride={self.stride}")
+        if self.dilation != (1, 1):
+            parts.append(f"dilation={self.dilation}")
         if self.crop != (0, 0):
             parts.append(f"crop={self.crop}")
         if self.groups != 1:

@@ -91,7 +91,8 @@ def test_dilated_even_and_non_square_kernels_are_exact_in_their_frame():
     out, report = njet_convert.convert(model, order="exact")
     assert _relative(model, out, torch.randn(2, 3, 24, 24)) < 1e-5
     bases = [r.basis for r in report.layers]
-    assert bases == ["tensor 5x5", "tensor 3x3", "tensor 5x5", "tensor 3x3", "tensor 3x3"]
+    assert bases == ["tensor 3x3", "tensor 3x3", "tensor 5x5", "tensor 3x3", "tensor 3x3"]
+    assert out.get_submodule("0").dilation == (2, 2)  # the dilation is kept as the layer's tap spacing
 
 
 def test_timm_same_padding_and_standardised_weights_are_exact():
@@ -112,8 +113,22 @@ def test_rules_mix_exact_and_the_jet():
     assert "below the numerical rank" in report.to_markdown()
 
 
+def test_dilated_layers_keep_their_spacing_through_freeze_and_onnx(tmp_path: Path):
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=12, dilation=12), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=(6, 2), dilation=(6, 2), groups=8)).eval()
+    out, report = njet_convert.convert(model, order="exact")
+    x = torch.randn(2, 3, 40, 40)
+    assert _relative(model, out, x) < 1e-5
+    assert report.params_after == report.params_before + 2
+    frozen = freeze(out, x, form="auto")
+    assert frozen.freeze_report.max_rel_error < 1e-5 and {lay.form for lay in frozen.freeze_report.layers} == {"dense"}
+    result = export_onnx(out, tmp_path / "d.onnx", x)
+    assert max(result.checks.values()) < 1e-5
+
+
 def test_a_frame_wider_than_the_largest_basis_names_the_layer():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, padding=7, dilation=7))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 15, padding=7))
     with pytest.raises(ValueError, match=r"cannot hold conv '1'.*15x15 frame.*'1=3,\*=exact'"):
         njet_convert.convert(model, order="exact")
     _, report = njet_convert.convert(model, order="1=3,*=exact")

@@ -41,6 +41,8 @@ def layer_costs(layer: NJetConv2d) -> LayerCosts:
     s, c_in, c_out, groups = layer.kernel_size, layer.in_channels, layer.out_channels, layer.groups
     j, m = axis_orders(layer.order)[1] + 1, len(basis_orders(layer.order))
     dense = s * s * (c_in // groups) * c_out
+    if layer.dilation != (1, 1):  # the separable chain assumes adjacent taps
+        return LayerCosts(dense=dense, separable=2**62)
     separable = layer.stride[1] * c_in * j * s + c_in * m * j * s + (c_in // groups) * m * c_out
     return LayerCosts(dense=dense, separable=separable)
 
@@ -58,6 +60,8 @@ def separable_form(layer: NJetConv2d) -> nn.Sequential:
     Equals ``layer(x)`` up to float rounding (same padding ``R - crop``, same stride, same bias).
     """
     radius, order = layer.radius, layer.order
+    if layer.dilation != (1, 1):
+        raise ValueError(f"dilation {layer.dilation} has no separable form (use form='dense')")
     pad = [radius - c for c in layer.crop]
     if min(pad) < 0:
         raise ValueError(f"crop={layer.crop} exceeds the filter radius {radius}: not expressible as padding")

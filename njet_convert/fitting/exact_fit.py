@@ -46,9 +46,10 @@ def exact_sigma(radius: int, order: int, k: float) -> float:
 
 
 @torch.no_grad()
-def fit_exact(layer: NJetConv2d, weight: Tensor, dilation: tuple[int, int] = (1, 1)) -> KernelFit:
-    """Set ``layer`` (a tensor-basis NJetConv2d whose basis spans the kernel's frame) to σ₀ with its mix anchored
-    there, and return the α that reproduce ``weight [O, I/g, kh, kw]``: the fit is exact up to rounding."""
+def fit_exact(layer: NJetConv2d, weight: Tensor) -> KernelFit:
+    """Set ``layer`` (a tensor-basis NJetConv2d whose basis spans the kernel's frame, with the conv's dilation as
+    its tap spacing) to σ₀ with its mix anchored there, and return the α that reproduce ``weight [O, I/g, kh, kw]``:
+    the fit is exact up to rounding."""
     if not is_tensor_basis(layer.order):
         raise ValueError(f"fit_exact needs a tensor-product basis, the layer has {layer.basis_name}")
     n_x, n_y = axis_orders(layer.order)
@@ -61,7 +62,7 @@ def fit_exact(layer: NJetConv2d, weight: Tensor, dilation: tuple[int, int] = (1,
     layer.orthonormalize_basis_()
     basis = compose_basis(layer.order, *axis_filters(layer.order, layer.sigma.double(), radius, layer.mixes))
     flat = basis.reshape(basis.shape[0], -1)  # [M, M]: square and invertible
-    target = embed_kernel(weight.detach().double(), radius, dilation).reshape(-1, flat.shape[1])
+    target = embed_kernel(weight.detach().double(), radius).reshape(-1, flat.shape[1])
     alpha = torch.linalg.solve(flat.T, target.T).T
     norm = target.norm()
     error = float((alpha @ flat - target).norm() / norm) if norm > 0 else 0.0

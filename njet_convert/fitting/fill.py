@@ -28,7 +28,9 @@ def fit_layer(layer: NJetConv2d, conv: nn.Module, k: float, sigma_grid: list[flo
         raise ValueError(f"conv of type {type(conv).__name__} cannot be fitted: {plan.reason}")
     weight = plan.weight()
     if is_tensor_basis(layer.order):
-        fit = fit_exact(layer, weight, plan.dilation)
+        if layer.dilation != plan.dilation:
+            raise ValueError(f"a tensor-basis layer keeps the conv's dilation {plan.dilation}, got {layer.dilation}")
+        fit = fit_exact(layer, weight)
     else:
         fit = fit_kernels(weight, layer.order, k, sigma_grid=sigma_grid, dilation=plan.dilation)
     fit.apply_to(layer)

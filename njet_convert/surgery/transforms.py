@@ -19,7 +19,7 @@ from njet_layers import MatchSize, NJetConv2d, SafeSubsample, safe_output_size
 
 from ..report import LayerRecord, SubsampleRecord
 from .basis_choice import layer_basis
-from .convs import ConvPlan, plan_conv
+from .convs import ConvPlan, kernel_radius, plan_conv
 from .joins import analyse_joins
 from .modules import PadSame
 from .pools import POOL_FUNCTIONS, PoolPlan, plan_pool_call, plan_pool_module, stride1_pool
@@ -162,12 +162,13 @@ class SwapConvs(Transform):
         where its filter just covers the kernel (or at the configured / loaded σ)."""
         cfg = self.state.cfg
         weight = conv.weight
-        order = layer_basis(order_for(cfg.order, name, conv), plan, name)
-        start = cfg.sigma if cfg.sigma is not None else max(plan.frame_radius, 1) / cfg.k
+        order, dilation = layer_basis(order_for(cfg.order, name, conv), plan, name)
+        frame = plan.frame_radius if dilation == (1, 1) else kernel_radius(plan.kernel_size)
+        start = cfg.sigma if cfg.sigma is not None else max(frame, 1) / cfg.k
         sigma = self.state.sigma_for.get(name, start)
         layer = NJetConv2d(conv.in_channels, conv.out_channels, order=order, sigma=sigma, k=cfg.k, groups=conv.groups,
-                           bias=conv.bias is not None, stride=stride, crop=plan.crop, learn_sigma=cfg.learn_sigma,
-                           device=weight.device, dtype=weight.dtype)
+                           bias=conv.bias is not None, stride=stride, dilation=dilation, crop=plan.crop,
+                           learn_sigma=cfg.learn_sigma, device=weight.device, dtype=weight.dtype)
         if conv.bias is not None:
             with torch.no_grad():
                 layer.bias.copy_(conv.bias.detach())
