@@ -194,3 +194,39 @@ def test_freeze_judges_against_what_float32_can_hold():
         frozen[0].weight.mul_(1.01)  # a real mismatch: 1 % on every tap
         with pytest.raises(ValueError, match="frozen model differs"):
             _check_match(model(x), frozen, x, model)
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    from njet_convert import cli
+
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_defaults_to_exact_for_pretrained_weights_and_to_the_jet_otherwise(tmp_path, capsys):
+    import json
+
+    import timm
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "r20.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("resnet20").state_dict().items()}, str(ckpt))
+    code, out, err = _cli(capsys, "resnet20", "--checkpoint", str(ckpt), "--dry-run", "--json")
+    assert code == 0, err
+    assert json.loads(out)["report"]["options"]["order"] == "exact"
+    code, out, err = _cli(capsys, "resnet20", "--dry-run", "--json")  # built new: the paper's jet
+    assert code == 0, err
+    assert json.loads(out)["report"]["options"]["order"] == 3
+    code, out, err = _cli(capsys, "resnet20", "--checkpoint", str(ckpt), "--order", "3", "--dry-run", "--json")
+    assert json.loads(out)["report"]["options"]["order"] == 3
+
+
+def test_cli_refuses_a_kernel_exact_cannot_hold_in_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "wide_models.py").write_text("from torch import nn\n\ndef wide():\n"
+                                             "    return nn.Sequential(nn.Conv2d(3, 4, 15, padding=7))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, _, err = _cli(capsys, "wide_models:wide", "--order", "exact", "--input-size", "3,32,32", "--dry-run")
+    lines = [line for line in err.strip().splitlines() if line.startswith("njet-convert: ")]
+    assert code == 2 and len(lines) == 1 and "cannot hold conv '0'" in lines[0], err
+    assert "Traceback" not in err

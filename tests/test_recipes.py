@@ -47,7 +47,7 @@ def _minimal() -> dict:
 @pytest.mark.parametrize(("patch", "message"), [
     ({"trian": {}}, "unknown key 'trian'"),
     ({"convert": {"order": 3, "sigmaa": 1.0}}, "unknown key 'convert.sigmaa'"),
-    ({"convert": {"order": "three"}}, "convert.order must be an integer"),
+    ({"convert": {"order": "three"}}, "convert.order: order must be an integer"),
     ({"convert": {"subsample": "sometimes"}}, "convert.subsample must be one of"),
     ({"not_in_paper": ["train.nothing"]}, "not_in_paper names an unknown key 'train.nothing'"),
 ])
@@ -123,3 +123,16 @@ def test_recipe_momentum_betas_and_data_reach_the_trainer():
     assert args.finetune == "digits"  # an explicit DATA wins
     with pytest.raises(UserError, match="needs a recipe with a data section"):
         _recipe_data(parser.parse_args(["x", "--finetune"]), types.SimpleNamespace(recipe=None))
+
+
+@pytest.mark.parametrize("order, expected", [
+    ("exact", "exact"), ("depthwise=exact,*=3", {"depthwise": "exact", "*": 3}),
+    ({"dense": 4, "*": "exact"}, {"dense": 4, "*": "exact"}), (2, 2),
+])
+def test_recipe_order_takes_exact_and_rules(order, expected):
+    assert parse_recipe({**_minimal(), "convert": {"order": order}}).convert.order == expected
+
+
+def test_recipe_bad_order_names_the_key():
+    with pytest.raises(UserError, match=r"t\.yaml: convert\.order: .*exact"):
+        parse_recipe({**_minimal(), "convert": {"order": "exakt"}}, where="t.yaml")
