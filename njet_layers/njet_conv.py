@@ -18,6 +18,7 @@ from .basis import BasisOrder, axis_orders, basis_size, compose_basis, describe_
 from .basis_first import basis_first_conv2d, output_centers
 from .dispatch import IMPLS, Impl, KernelCache, choose_impl, uses_grad
 from .fft_conv import fft_conv2d
+from .sampled_conv import conv2d_at
 from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds, positive_scalar
 
 __all__ = ["MAX_K", "MAX_KERNEL_SIZE", "NJetConv2d"]
@@ -215,6 +216,9 @@ class NJetConv2d(nn.Module):
                 out, in_per_group, *basis.shape[-2:])
 
     def forward(self, x: Tensor) -> Tensor:
+        sampler = getattr(self, "_sampler", None)
+        if sampler is not None and self.stride == (1, 1) and sampler.samples_in_producer():
+            return self._forward_sampled(x, sampler)
         impl = self.resolve_impl(tuple(x.shape[-2:]), batch=x.shape[0])
         if impl == "basis_first":
             return self._forward_basis_first(x)
@@ -264,6 +268,15 @@ class NJetConv2d(nn.Module):
         if self.training and uses_grad(self) and maps_bytes > self.checkpoint_bytes:
             return checkpoint(run, x, use_reentrant=False)
         return run(x)
+
+    def _forward_sampled(self, x: Tensor, sampler: nn.Module) -> Tensor:
+        """Only the pixels the fused ``nearest`` SafeSubsample keeps (see ``SafeSubsample.fuse_into``)."""
+        weight = self._dense_kernel()
+        radius = (weight.shape[-1] - 1) // 2
+        pad = tuple(d * radius - c for d, c in zip(self.dilation, self.crop, strict=True))
+        full = tuple(n - 2 * c for n, c in zip(x.shape[-2:], self.crop, strict=True))
+        rows, cols = sampler.sample_grid(full)
+        return conv2d_at(x, weight, self.bias, rows, cols, pad, self.dilation, self.groups)  # type: ignore[arg-type]
 
     def _forward_fft(self, x: Tensor) -> Tensor:
         radius = self.radius

@@ -192,7 +192,28 @@ class SafeSubsample(nn.Module):
         margin = self.margin
         return tuple(safe_output_size(int(s), factor, self.rounding, margin) for s in size)  # type: ignore[return-value]
 
+    def sample_grid(self, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """The rows and columns that ``nearest`` mode keeps of an input of spatial ``size``."""
+        factor, out = self.factor, self.output_size(size)
+        return tuple(_sample_index(n, factor, limit, torch.device("cpu"), self.offset)  # type: ignore[return-value]
+                     for n, limit in zip(out, size, strict=True))
+
+    def fuse_into(self, producer: nn.Module) -> None:
+        """Let ``producer`` (the NJetConv2d whose output this module alone reads) compute only the pixels that
+        ``nearest`` mode keeps, in training (:mod:`njet_layers.sampled_conv`); this module then passes its input
+        on. Eval mode, other modes and exporters keep the plain conv → subsample pair."""
+        object.__setattr__(self, "_producer", producer)
+        object.__setattr__(producer, "_sampler", self)
+
+    def samples_in_producer(self) -> bool:
+        """Whether the fused producer computes this subsampling now (the one decision both modules follow)."""
+        if getattr(self, "_producer", None) is None or not self.training or self.mode != "nearest":
+            return False
+        return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.samples_in_producer():
+            return x
         factor = self.factor
         size = self.output_size(tuple(x.shape[-2:]))
         return resize(x, size, self.mode, (factor, factor), self.antialias, self.offset)

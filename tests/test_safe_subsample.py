@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample, safe_output_size
 
@@ -105,3 +106,39 @@ def test_match_size_resizes_to_the_reference() -> None:
 def test_bad_arguments_raise_value_error(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         SafeSubsample(**kwargs)
+
+
+@pytest.mark.parametrize("sigma_scale", [1.0, 1.3, 0.8])
+def test_fused_subsampling_computes_only_the_kept_pixels_with_the_same_gradients(sigma_scale):
+    """In training a converted strided conv evaluates only the pixels its ``nearest`` SafeSubsample keeps
+    (``SafeSubsample.fuse_into``): the output and every gradient equal the full stride-1 conv then subsampling, also
+    once σ has moved the factor off the integer stride."""
+    import copy
+
+    import njet_convert
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 5, stride=2, padding=1),
+                          nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2, groups=4))
+    fused, _ = njet_convert.convert(model, order="exact")
+    samplers = [m for m in fused.modules() if isinstance(m, SafeSubsample)]
+    assert len(samplers) == 3 and all(m._producer is not None for m in samplers)
+    with torch.no_grad():
+        for m in fused.modules():
+            if isinstance(m, NJetConv2d):
+                m.log_sigma.add_(math.log(sigma_scale))
+    plain = copy.deepcopy(fused)
+    for m in plain.modules():
+        if isinstance(m, SafeSubsample):
+            object.__setattr__(m, "_producer", None)
+    x = torch.randn(2, 3, 29, 31)
+    outs = []
+    for net in (fused, plain):
+        net.train()
+        y = net(x)
+        grads = torch.autograd.grad(y.square().sum(), [p for p in net.parameters() if p.requires_grad])
+        outs.append((y, grads))
+    assert outs[0][0].shape == outs[1][0].shape
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(outs[0][1], outs[1][1], strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)

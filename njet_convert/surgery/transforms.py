@@ -181,6 +181,8 @@ class SwapConvs(Transform):
             point.subsample = name + ".subsample"
             point.source = point.njet
             _record_module_point(self.state, point)
+            if point.njet and not point.before:
+                wrapper.subsample.fuse_into(wrapper.conv)
 
 
 def _record_module_point(st: SurgeryState, point: Point) -> None:
@@ -353,6 +355,8 @@ class PlaceSubsampling(Transform):
                 _insert_before(st.gm, node, name)
             else:
                 self.replaced[node] = _insert_after(st.gm, node, name)
+                if point.njet == node.target:  # the conv's output feeds this subsampling alone
+                    model.get_submodule(name).fuse_into(model.get_submodule(point.njet))
         st.report.subsampling.append(SubsampleRecord(
             name, point.origin, point.kind, point.stride, float("nan"), float("nan"), gid, point.source,
             point.rounding, "graph", point.exact))

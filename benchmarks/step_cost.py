@@ -1,0 +1,85 @@
+"""Training-step cost of converted networks against their originals: one SGD step (forward, loss, backward, update)
+of the original, the lossless conversion (``order="exact"``) and the paper's order 3 (plain fit), timed round-robin
+in one run so machine load hits them alike; median seconds and the ratio to the original.
+
+    python benchmarks/step_cost.py --threads 2 --rounds 8
+
+Networks: the real ImageNet MobileNetV2 (batch 16 at 128 px by default) and the zoo's CIFAR ResNet-32 (random
+init, batch 64 at 32 px). Both conversions use safe subsampling (the default), so strided convs become stride-1
+N-Jet convs whose following ``nearest`` SafeSubsample is fused into them in training (docs/design.md, "Lossless
+conversion").
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import njet_convert
+
+__all__ = ["main"]
+
+
+def _step(model: nn.Module, x: Tensor, y: Tensor) -> Callable[[], None]:
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _networks(args: argparse.Namespace) -> list[tuple[str, Callable[[], nn.Module], int, int]]:
+    import timm
+
+    from njet_convert.models.real_weights import load_mobilenet_v2
+
+    return [("MobileNetV2 (ImageNet weights)", load_mobilenet_v2, args.size, args.batch),
+            ("ResNet-32 (CIFAR, random init)", lambda: timm.create_model("resnet32"), 32, 64)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128, help="MobileNetV2 input size")
+    parser.add_argument("--batch", type=int, default=16, help="MobileNetV2 batch")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"SGD training step, CPU, {args.threads} threads, median of {args.rounds} interleaved rounds")
+    print(f"| {'network':<32} | {'variant':<18} | {'ms / step':>9} | {'ratio':>5} |")
+    print(f"|{'-' * 34}|{'-' * 20}|{'-' * 11}|{'-' * 7}|")
+    for label, build, size, batch in _networks(args):
+        original = build()
+        variants = {"original": original}
+        for order in ("exact", 3):
+            variants[f"N-Jet order {order}"] = njet_convert.convert(original, order=order)[0]
+        x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+        steps = {name: _step(model, x, y) for name, model in variants.items()}
+        for step in steps.values():
+            step()
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(args.rounds):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - start)
+        base = statistics.median(times["original"])
+        for name, values in times.items():
+            median = statistics.median(values)
+            print(f"| {label:<32} | {name:<18} | {1e3 * median:>9.0f} | {median / base:>5.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
