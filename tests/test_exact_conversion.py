@@ -230,3 +230,12 @@ def test_cli_refuses_a_kernel_exact_cannot_hold_in_one_line(tmp_path, monkeypatc
     lines = [line for line in err.strip().splitlines() if line.startswith("njet-convert: ")]
     assert code == 2 and len(lines) == 1 and "cannot hold conv '0'" in lines[0], err
     assert "Traceback" not in err
+
+
+def test_calibrate_refuses_tensor_layers_by_name():
+    from njet_convert.fitting import calibrate
+
+    model = _plain_net()
+    out, _ = njet_convert.convert(model, order="exact")
+    with pytest.raises(ValueError, match="'0' has a tensor-product basis"):
+        calibrate(out, model, {"0": "0"}, torch.randn(4, 3, 32, 32), progress=False)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from njet_layers import NJetConv2d, SafeSubsample
+from njet_layers.basis import is_tensor_basis
 
 __all__ = ["check_pairs", "device_of", "linked_subsamplers", "network_order", "pointwise_layers"]
 
@@ -74,6 +75,9 @@ def check_pairs(pairs: Mapping[str, str], modules: dict, orig_modules: dict) -> 
     for name, orig_name in pairs.items():
         if not isinstance(modules.get(name), NJetConv2d):
             raise ValueError(f"pairs: {name!r} is not an NJetConv2d of the converted model")
+        if is_tensor_basis(modules[name].order):
+            raise ValueError(f"pairs: {name!r} has a tensor-product basis (order 'exact'), whose fit is exact "
+                             "already; calibration refits the paper's jet only")
         if orig_name not in orig_modules:
             raise ValueError(f"pairs: {orig_name!r} is not a module of the original model")
 
