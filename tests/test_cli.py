@@ -127,7 +127,7 @@ def test_main_in_process_reports_internal_errors(monkeypatch, capsys):
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(cli, "_convert", boom)
+    monkeypatch.setattr(cli.run, "_convert", boom)
     assert cli.main(["resnet20", "--dry-run"]) == 1
     err = capsys.readouterr().err.strip()
     assert "internal error: RuntimeError: kaboom" in err and "traceback is in" in err

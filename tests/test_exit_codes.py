@@ -257,7 +257,7 @@ def test_ctrl_c_while_main_imports_is_quiet(monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "resolve_model", interrupted)
+    monkeypatch.setattr(cli.run, "resolve_model", interrupted)
     code, lines = _main(capsys, "mnist-toy2", "--dry-run")
     assert code == 130 and lines == ["njet-convert: interrupted"]
 
@@ -270,7 +270,7 @@ def test_ctrl_c_that_breaks_an_import_is_still_an_interruption(monkeypatch, caps
             pass
         raise ImportError("cannot load module more than once per process")
 
-    monkeypatch.setattr(cli, "resolve_model", broken_import)
+    monkeypatch.setattr(cli.run, "resolve_model", broken_import)
     code, lines = _main(capsys, "mnist-toy2", "--dry-run")
     assert code == 130 and lines == ["njet-convert: interrupted"]  # was exit 1 "internal error"
 
