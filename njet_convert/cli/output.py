@@ -45,18 +45,22 @@ def staged(out: Path, log: Callable[[str], None]) -> Iterator[Path]:
     result (the staging folder is kept only when it holds an unfinished fine-tune's checkpoint, to resume)."""
     from ..atomic import replace_folder
 
-    def keep(folder: Path) -> bool:  # an unfinished fine-tune's checkpoint stays resumable
-        if not (folder / "checkpoint.pt").is_file():
-            return False
-        log(f"note: {out} is unchanged; the unfinished run's checkpoint is in {folder}/checkpoint.pt "
-            f"(continue with --resume {folder})")
-        return True
-
     try:
-        with replace_folder(out, keep_on_error=keep) as stage:
-            yield stage
+        with replace_folder(out, keep=_resumable) as stage:
+            try:
+                yield stage
+            except BaseException:
+                if _resumable(stage):
+                    log(f"note: {out} is unchanged; the unfinished run's checkpoint is in {stage}/checkpoint.pt "
+                        f"(continue with --resume {stage})")
+                raise
     except OSError as err:  # the final swap
         raise UserError(f"cannot replace output directory {str(out)!r}: {err.strerror or err}") from None
+
+
+def _resumable(folder: Path) -> bool:
+    """An unfinished fine-tune's staging folder stays, for ``--resume``."""
+    return (folder / "checkpoint.pt").is_file()
 
 
 def writing(stage: Path, write: Callable[[], Any]) -> None:
