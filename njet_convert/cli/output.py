@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .exits import disk_full
 
 __all__ = ["default_out", "prepare_out", "staged", "writing"]
 
@@ -54,7 +55,9 @@ def staged(out: Path, log: Callable[[str], None]) -> Iterator[Path]:
                     log(f"note: {out} is unchanged; the unfinished run's checkpoint is in {stage}/checkpoint.pt "
                         f"(continue with --resume {stage})")
                 raise
-    except OSError as err:  # the final swap
+    except OSError as err:  # the final swap; a full disk anywhere in the run is said as such (exits.disk_full)
+        if disk_full(err):
+            raise
         raise UserError(f"cannot replace output directory {str(out)!r}: {err.strerror or err}") from None
 
 

@@ -113,7 +113,14 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (plus the format tag) to ``path`` atomically: temporary file, fsync, ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda tmp: torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp), fsync=True)
+    return atomic_write(path, lambda tmp: _torch_save({"format": CHECKPOINT_FORMAT, **payload}, tmp), fsync=True)
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file: a full disk is then ``OSError(ENOSPC)`` (exit 2, "no space left"),
+    not the ``RuntimeError`` "unexpected pos" that torch's own file writer raises for it."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def read_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[str, Any]:
