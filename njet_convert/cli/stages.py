@@ -73,12 +73,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write_outputs(njet_model: nn.Module, report: ConversionReport, stage: Path) -> None:
-    from ..serialization import write_model
+    from ..serialization import write_model, write_reports
 
     def write() -> None:
         write_model(njet_model, stage)
-        (stage / "report.md").write_text(report.to_markdown() + "\n")
-        (stage / "report.json").write_text(report.to_json() + "\n")
+        write_reports(report, stage)
 
     writing(stage, write)
 
