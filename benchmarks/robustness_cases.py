@@ -22,6 +22,7 @@ from robustness_inputs import (
     damaged_checkpoint,
     failing_export,
     full_disk,
+    full_disk_finetune,
     hostile_folder,
     image_folder,
     mkdir,
@@ -200,6 +201,7 @@ CASES: list[Case] = [
     Case("--resume checkpoint without optimizer state", CLI,
          lambda f, w: convert_cli(*FT, "--resume", damaged_checkpoint(w), "--out", out(w)), guard=True),
     Case("--finetune without matplotlib (plots extra)", CLI, lambda f, w: no_matplotlib(w), ("0",)),
+    Case("full disk while fine-tuning (checkpoint)", CLI, full_disk_finetune),
     Case("SIGINT during fine-tuning", CLI, lambda f, w: signalled_cli(
         [*FT[:-2], "--epochs", "50", "--out", out(w)], signal.SIGINT, "validation before"), ("130",), guard=True),
     Case("SIGTERM during fine-tuning", CLI, lambda f, w: signalled_cli(

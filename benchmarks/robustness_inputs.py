@@ -26,8 +26,8 @@ from torch import nn
 import njet_convert  # noqa: F401  first: the torchvision guard and the model zoo
 
 __all__ = ["ENV", "MODEL", "Files", "Outcome", "Payload", "api", "convert_cli", "damaged_checkpoint", "failing_export",
-           "full_disk", "hashes", "hostile_folder", "image_folder", "mkdir", "module_cli", "nan_state",
-           "no_matplotlib", "png_header", "previous_result", "run_code_source", "signalled_cli", "torn",
+           "full_disk", "full_disk_finetune", "hashes", "hostile_folder", "image_folder", "mkdir", "module_cli",
+           "nan_state", "no_matplotlib", "png_header", "previous_result", "run_code_source", "signalled_cli", "torn",
            "truncated", "user_module_cli", "write"]
 
 RESULT_FILES = ("model.safetensors", "config.json", "report.md", "report.json", "model.onnx")
@@ -200,27 +200,57 @@ def _mount_small_disk(folder: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+def _on_small_disk(files: Files, work: Path, size: str, args: list[str]) -> Outcome | None:
+    """``njet-convert ARGS --out OUT`` with OUT on a ``size`` tmpfs that holds the earlier result (the staging
+    folder beside OUT is on it too); None when this process may not mount one."""
+    disk = work / "disk"
+    if not _mount_small_disk(disk, size):
+        return None
+    try:
+        out = disk / "out"
+        previous_result(files, out)
+        before = hashes(out)
+        result = convert_cli(*args, "--out", str(out))
+        result.message += " [real tmpfs]" if hashes(out) == before else " [real tmpfs; earlier result LOST]"
+        return result
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 def full_disk(files: Files, work: Path) -> Outcome:
     """A real full disk (a 300 KB tmpfs holding the earlier result) when this process may mount one; otherwise the
-    same failure simulated in process (safetensors' ENOSPC error from ``save``)."""
-    out = work / "out"
-    if _mount_small_disk(out, "300k"):
-        try:
-            previous_result(files, out)
-            before = hashes(out)
-            result = convert_cli("resnet20", "--out", str(out))  # 1 MB of weights: ENOSPC
-            result.message += " [real tmpfs]" if hashes(out) == before else " [real tmpfs; earlier result LOST]"
-            return result
-        finally:
-            subprocess.run(["umount", str(out)], capture_output=True)
+    same failure simulated in process (safetensors' ENOSPC error from writing the weights)."""
+    result = _on_small_disk(files, work, "300k", ["resnet20"])  # 1 MB of weights: ENOSPC
+    if result is not None:
+        return result
     code = (
         "import sys; from safetensors import SafetensorError; from njet_convert import cli, serialization\n"
         "def full(*a, **k): raise SafetensorError('Error while serializing: I/O error: No space left on device "
-        "(os error 28)')\nserialization.save = full\nsys.exit(cli.main(sys.argv[1:]))\n"
+        "(os error 28)')\nserialization.write_model = full\nsys.exit(cli.main(sys.argv[1:]))\n"
     )
+    out = work / "out"
     previous_result(files, out)
     result = _proc([sys.executable, "-c", code, MODEL, "--order", "2", "--out", str(out)], None, None, 600)
     result.message += " [simulated]"
+    return result
+
+
+def full_disk_finetune(files: Files, work: Path) -> Outcome:
+    """A disk that fills while fine-tuning writes its first checkpoint (a 200 KB tmpfs holding the earlier result;
+    the checkpoint is 150 KB) when this process may mount one; otherwise the checkpoint written to /dev/full."""
+    args = [MODEL, "--finetune", "opencv-digits", "--no-plots", "--max-steps-per-epoch", "2"]
+    result = _on_small_disk(files, work, "200k", args)
+    if result is not None:
+        return result
+    code = (
+        "import sys; from pathlib import Path; from njet_convert import cli\n"
+        "from njet_convert.training import checkpoint\nreal = checkpoint._torch_save\n"
+        "checkpoint._torch_save = lambda obj, path: real(obj, Path('/dev/full'))\nsys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    out = work / "out"
+    previous_result(files, out)
+    result = _proc([sys.executable, "-c", code, *args, "--out", str(out)], None, None, 600)
+    result.message += " [simulated: /dev/full]"
     return result
 
 
