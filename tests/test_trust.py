@@ -362,7 +362,7 @@ def test_explicit_arguments_win_over_config_even_at_their_default() -> None:
 def _python(code: str) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                                      os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 
@@ -416,7 +416,9 @@ def test_sigkill_during_saves_leaves_a_complete_folder(tmp_path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.5)
+        while proc.poll() is None and not (Path(target) / "manifest.json").is_file():  # a save done, however slow
+            time.sleep(0.05)
+        time.sleep(0.2)  # then a kill at any moment of the saves that follow
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
