@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
 import os
 import shutil
 import sys
@@ -22,7 +23,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "replace_folder", "swap_folders"]
+__all__ = ["atomic_write", "atomic_write_text", "remove_stale_staging", "replace_folder", "swap_folders"]
 
 _RENAME_EXCHANGE = 2  # renameat2 flag (Linux >= 3.15)
 _AT_FDCWD = -100
@@ -58,24 +59,60 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 @contextlib.contextmanager
-def replace_folder(target: str | os.PathLike, keep_on_error: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+def replace_folder(target: str | os.PathLike, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``target``; when the block ends without error it becomes ``target``.
 
-    On an error the temporary folder is removed (kept when ``keep_on_error(folder)`` is true, e.g. when it holds a
-    checkpoint to resume from) and ``target`` is untouched.
+    On an error the temporary folder is removed (kept when ``keep(folder)`` is true, e.g. when it holds a
+    checkpoint to resume from) and ``target`` is untouched. Staging folders of earlier saves of ``target`` whose
+    process is gone (killed with SIGKILL, or the machine lost power) are removed first, except those ``keep``
+    accepts; a live process's staging folder is never touched (see :func:`remove_stale_staging`).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    remove_stale_staging(target, keep)
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(target) + f"{os.getpid()}-", dir=target.parent))
     os.chmod(staging, 0o777 & ~_umask())
     try:
         yield staging
         _umask_modes(staging)
         swap_folders(staging, target)
     except BaseException:
-        if keep_on_error is None or not keep_on_error(staging):
+        if keep is None or not keep(staging):
             shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def remove_stale_staging(target: str | os.PathLike, keep: Callable[[Path], bool] | None = None) -> list[Path]:
+    """Remove the staging folders ``.NAME.new-PID-*`` beside ``target`` whose writer (process PID on this machine)
+    no longer runs and which ``keep`` does not accept; the removed folders. A folder whose name carries no PID
+    (written by an older version) is left alone: nothing tells whether its writer still runs."""
+    target = Path(target)
+    prefix = _staging_prefix(target)
+    removed = []
+    for folder in target.parent.glob(glob.escape(prefix) + "*"):
+        pid = folder.name[len(prefix):].partition("-")[0]
+        if not pid.isdigit() or _running(int(pid)) or not folder.is_dir() or (keep is not None and keep(folder)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _staging_prefix(target: Path) -> str:
+    return f".{target.name}.new-"
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists (one we may not signal exists too)."""
+    if pid <= 0:
+        return True  # not a real writer's id: never treat it as gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 def _umask_modes(folder: Path) -> None:

@@ -10,7 +10,8 @@
    network and the KL divergence of their predictions, for the plain (data-free) fit, the calibrated one, and the
    calibrated one with the per-layer order rule ``{"depthwise": 4, "*": 3}`` (exact depthwise kernels);
 4. prints the conversion report, saves the model (weights + config, report.md, report.json) to ``out/demo/``,
-   exports ONNX with :func:`njet_convert.export_onnx` and checks it with onnxruntime.
+   exports ONNX with :func:`njet_convert.export_onnx` and checks it with onnxruntime; ``manifest.json``, written
+   last, lists every file in the folder, which replaces ``out/demo/`` whole (docs/design.md, "Atomic output").
 
 Sized for ≤ 5 minutes on 2 CPU cores (``--calibration``, ``--heldout``, ``--size`` change it).
 """
@@ -21,18 +22,40 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 import njet_convert
+from njet_convert.atomic import replace_folder
 from njet_convert.export.freeze import max_relative_error
 from njet_convert.fidelity import agreement, logits
 from njet_convert.models.real_weights import load_mobilenet_v2
+from njet_convert.serialization import check_replaceable, write_manifest, write_model, write_reports
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from njet_convert.report import ConversionReport
+
+__all__ = ["main", "write_folder"]
+
 
 def _step(title: str) -> None:
     print(f"\n== {title}", flush=True)
+
+
+def write_folder(model: nn.Module, report: ConversionReport, out: Path, example: torch.Tensor | None) -> Any:
+    """Write the model, its reports and (given an ``example`` input) the verified ``model.onnx`` into a staging
+    folder, ``manifest.json`` last so that it lists every file, and swap it in for ``out``; the ONNX export's
+    result, or None."""
+    check_replaceable(out)
+    with replace_folder(out) as stage:
+        write_model(model, stage)
+        write_reports(report, stage)
+        result = None if example is None else njet_convert.export_onnx(model, stage / "model.onnx", example,
+                                                                       verify=True)
+        write_manifest(stage)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,19 +122,15 @@ def main(argv: list[str] | None = None) -> int:
 
     _step("4. the conversion report (order 3, calibrated)")
     print(report.to_markdown())
-    out = Path(args.out)
-    njet_convert.save(model, out)
-    (out / "report.md").write_text(report.to_markdown() + "\n")
-    (out / "report.json").write_text(report.to_json() + "\n")
-    print(f"\nsaved to {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
-
-    onnx_note = "ONNX skipped"
+    out, onnx_note = Path(args.out), "ONNX skipped"
     if not args.no_onnx:
         _step("5. ONNX export, checked against onnxruntime")
-        result = njet_convert.export_onnx(model, out / "model.onnx", held[:2], verify=True)
+    result = write_folder(model, report, out, None if args.no_onnx else held[:2])
+    if result is not None:
         worst = max(result.checks.values(), default=float("nan"))
         onnx_note = f"ONNX verified (max relative error {worst:.1e})"
         print(f"{out / 'model.onnx'}: opset {result.opset}, onnxruntime vs PyTorch max relative error {worst:.2e}")
+    print(f"\nsaved to {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
 
     print(f"\ndemo: MobileNetV2 -> N-Jet: {len(report.layers)} convs; exact {100 * exact_agree:.1f} % top-1 "
           f"agreement (max relative logit difference {exact_diff:.1e}); order {args.order} "

@@ -130,20 +130,30 @@ def import_callable(spec: str) -> Callable[..., Any]:
 
 
 def find_architecture(name: str) -> Architecture | None:
-    """The architecture a user-typed name means: ``tv:``/``torchvision:``/``timm:`` prefixed names, a bare timm or
-    zoo name, a bare torchvision name, ``package.module:callable`` (not imported here); None when nothing fits."""
+    """The architecture a user-typed name means — the one place that decides it, for the command line, the
+    training entry point and (through :meth:`Architecture.from_json`) :func:`njet_convert.load`: ``tv:``/
+    ``torchvision:``/``timm:`` prefixed names, a bare timm or zoo name, a bare torchvision name,
+    ``package.module:callable`` (imported here, so that a missing one fails now, in one line); None when nothing
+    fits. An unknown ``tv:`` name is a ``UserError`` with close matches."""
     prefix, _, rest = name.partition(":")
     if prefix in ("tv", "torchvision"):
-        return Architecture(f"torchvision:{rest}") if rest in torchvision_names() else None
+        if rest in torchvision_names():
+            return Architecture(f"torchvision:{rest}")
+        import difflib
+
+        close = difflib.get_close_matches(rest, torchvision_names(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"unknown torchvision model {rest!r}{hint}")
     if prefix == "timm":
         name = rest
+    elif _CALLABLE.fullmatch(name):  # registry names have no ':'
+        import_callable(name)
+        return Architecture(name)
     import timm
 
     if timm.is_model(name):
         return Architecture(f"timm:{name}")
-    if name in torchvision_names():
-        return Architecture(f"torchvision:{name}")
-    return Architecture(name) if _CALLABLE.fullmatch(name) else None
+    return Architecture(f"torchvision:{name}") if name in torchvision_names() else None
 
 
 def torchvision_names() -> list[str]:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -26,8 +26,11 @@ from .atomic import replace_folder
 from .errors import UserError, first_line
 from .record import ATTR, TRUST_HINT, ConversionRecord, record_of, torchvision_builder
 
+if TYPE_CHECKING:
+    from .report import ConversionReport
+
 __all__ = ["CONFIG_FILE", "MANIFEST_FILE", "WEIGHTS_FILE", "check_replaceable", "current_record", "load", "save",
-           "write_manifest", "write_model"]
+           "write_manifest", "write_model", "write_reports"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -90,6 +93,12 @@ def current_record(model: nn.Module) -> ConversionRecord:
     if param is not None:
         record.dtype = str(param.dtype).removeprefix("torch.")
     return record
+
+
+def write_reports(report: ConversionReport, folder: Path) -> None:
+    """Write the conversion report as ``report.md`` and ``report.json`` into ``folder`` (a staging folder)."""
+    (folder / "report.md").write_text(report.to_markdown() + "\n")
+    (folder / "report.json").write_text(report.to_json() + "\n")
 
 
 def write_model(model: nn.Module, folder: Path, record: ConversionRecord | None = None) -> None:

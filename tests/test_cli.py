@@ -127,7 +127,7 @@ def test_main_in_process_reports_internal_errors(monkeypatch, capsys):
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(cli, "_convert", boom)
+    monkeypatch.setattr(cli.run, "_convert", boom)
     assert cli.main(["resnet20", "--dry-run"]) == 1
     err = capsys.readouterr().err.strip()
     assert "internal error: RuntimeError: kaboom" in err and "traceback is in" in err
@@ -166,3 +166,24 @@ def test_calibrate_and_recover_end_to_end(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["calibrated"] and report["recovery"]["steps"] >= 1
     assert report["recovery"]["end"][1] <= report["recovery"]["start"][1] + 1e-12
+
+
+def test_k_bound_is_checked_once_with_one_message(capsys):
+    from njet_convert import ConvertConfig, cli
+
+    with pytest.raises(ValueError) as api_error:
+        ConvertConfig(k=1e6)
+    assert cli.main(["mnist-toy2", "--k", "1e6", "--dry-run"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line == f"njet-convert: error: argument --k: {api_error.value} (see njet-convert --help)"
+
+
+def test_quiet_prints_nothing_but_errors(tmp_path, capsys):
+    from njet_convert import cli
+
+    assert cli.main(["mnist-toy2", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")  # no table, no summary line, no progress
+    assert (tmp_path / "o" / "model.safetensors").is_file()
+    assert cli.main(["mnist-toy2", "--k", "0", "--quiet", "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("njet-convert: error: argument --k")

@@ -4,6 +4,7 @@ used to end otherwise (exit 1 "internal error", exit 0 with a broken model, an O
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import struct
@@ -257,7 +258,7 @@ def test_ctrl_c_while_main_imports_is_quiet(monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "resolve_model", interrupted)
+    monkeypatch.setattr(cli.run, "resolve_model", interrupted)
     code, lines = _main(capsys, "mnist-toy2", "--dry-run")
     assert code == 130 and lines == ["njet-convert: interrupted"]
 
@@ -270,7 +271,7 @@ def test_ctrl_c_that_breaks_an_import_is_still_an_interruption(monkeypatch, caps
             pass
         raise ImportError("cannot load module more than once per process")
 
-    monkeypatch.setattr(cli, "resolve_model", broken_import)
+    monkeypatch.setattr(cli.run, "resolve_model", broken_import)
     code, lines = _main(capsys, "mnist-toy2", "--dry-run")
     assert code == 130 and lines == ["njet-convert: interrupted"]  # was exit 1 "internal error"
 
@@ -291,6 +292,31 @@ def test_full_disk_while_saving_is_exit_2_and_keeps_the_old_result(tmp_path, mon
     monkeypatch.setattr(serialization, "write_model", full)  # what the CLI writes its weights with
     _user_error(capsys, "mnist-toy2", "--out", str(out), "--order", "2", words=("no space left",))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux) as a device that is always full")
+def test_checkpoint_on_a_full_disk_is_an_os_error_no_space():
+    from njet_convert.training import checkpoint
+
+    with pytest.raises(OSError) as info:  # torch's own file writer said RuntimeError "unexpected pos 704 vs 598"
+        checkpoint._torch_save({"w": torch.zeros(100_000)}, Path("/dev/full"))
+    assert info.value.errno == errno.ENOSPC
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux) as a device that is always full")
+def test_full_disk_during_finetune_is_exit_2_and_keeps_the_old_result(tmp_path, monkeypatch, capsys):
+    from njet_convert.training import checkpoint
+
+    out = tmp_path / "out"
+    assert cli.main(["mnist-toy2", "--out", str(out), "--quiet"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = checkpoint._torch_save
+    monkeypatch.setattr(checkpoint, "_torch_save", lambda obj, path: real(obj, Path("/dev/full")))  # disk full
+    line = _user_error(capsys, "mnist-toy2", "--finetune", "opencv-digits", "--max-steps-per-epoch", "2",
+                       "--no-plots", "--out", str(out), words=("no space left",))
+    assert "Traceback" not in line  # was exit 1, "internal error: RuntimeError: ... unexpected pos"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left beside it
 
 
 def test_finetune_without_matplotlib_still_saves_the_model(tmp_path, monkeypatch, capsys):

@@ -84,11 +84,12 @@ def test_recipes_folder_is_found():
 
 @pytest.mark.parametrize("name", ["resnet32-cifar10", "unet-fashion-multiscale", "deeplab-aspp-voc"])
 def test_recipe_training_settings_are_ones_the_trainer_follows(name):
-    from njet_convert.cli import _recipe_defaults, build_parser
+    from njet_convert.cli import build_parser
+    from njet_convert.cli.defaults import recipe_defaults
     from njet_convert.training.cli import config_from_args
 
     parser = build_parser()
-    parser.set_defaults(**_recipe_defaults(load_recipe(name), parser))
+    parser.set_defaults(**recipe_defaults(load_recipe(name), parser))
     config = config_from_args(parser.parse_args([name]))
     train = load_recipe(name).train
     assert (config.optimizer, config.schedule, config.lr) == (train.optimizer, train.schedule, train.lr)
@@ -106,23 +107,24 @@ def test_keys_nothing_reads_are_rejected(patch, key):
 
 
 def test_recipe_momentum_betas_and_data_reach_the_trainer():
-    from njet_convert.cli import _recipe_data, _recipe_defaults, build_parser
+    from njet_convert.cli import build_parser
+    from njet_convert.cli.defaults import recipe_data, recipe_defaults
     from njet_convert.training.cli import config_from_args
 
     parser = build_parser()
     recipe = parse_recipe({**_minimal(), "train": {"optimizer": "adam", "momentum": 0.5, "betas": [0.8, 0.99]},
                            "data": {"dataset": "cifar10", "image_size": 40}})
-    parser.set_defaults(**_recipe_defaults(recipe, parser))
+    parser.set_defaults(**recipe_defaults(recipe, parser))
     args = parser.parse_args(["x", "--finetune"])
-    _recipe_data(args, types.SimpleNamespace(recipe=recipe))
+    recipe_data(args, types.SimpleNamespace(recipe=recipe))
     config = config_from_args(args)
     assert (config.momentum, config.betas) == (0.5, (0.8, 0.99))
     assert (args.finetune, args.image_size) == ("cifar10", 40)
     args = parser.parse_args(["x", "--finetune", "digits"])
-    _recipe_data(args, types.SimpleNamespace(recipe=recipe))
+    recipe_data(args, types.SimpleNamespace(recipe=recipe))
     assert args.finetune == "digits"  # an explicit DATA wins
     with pytest.raises(UserError, match="needs a recipe with a data section"):
-        _recipe_data(parser.parse_args(["x", "--finetune"]), types.SimpleNamespace(recipe=None))
+        recipe_data(parser.parse_args(["x", "--finetune"]), types.SimpleNamespace(recipe=None))
 
 
 @pytest.mark.parametrize("order, expected", [

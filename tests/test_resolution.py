@@ -73,9 +73,9 @@ def test_cli_finetune_summary_and_plot_show_multiply_adds(tmp_path, capsys) -> N
 
     out = tmp_path / "toy"
     argv = ["mnist-toy-2layer", "--finetune", "opencv-digits", "--epochs", "1", "--max-steps-per-epoch", "2",
-            "--out", str(out), "--quiet"]
+            "--out", str(out)]
     assert cli.main(argv) == 0
-    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = capsys.readouterr().out.strip().splitlines()[-1]  # the summary line (--quiet would print none)
     assert "multiply-adds/image" in summary and "(fine-tuning)" in summary
     assert (out / "feature_sizes.png").is_file()
     row = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]

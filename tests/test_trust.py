@@ -230,6 +230,51 @@ def test_disk_full_keeps_the_old_folder(tmp_path, monkeypatch) -> None:
     assert _snapshot(tmp_path / "m") == before
 
 
+_STAGING_WRITER = (
+    "import sys, time\nfrom njet_convert.atomic import replace_folder\n"
+    "with replace_folder(sys.argv[1]) as stage:\n"
+    "    (stage / 'model.safetensors').write_bytes(b'half')\n"
+    "    print(stage, flush=True)\n"
+    "    time.sleep(600)\n"
+)
+
+
+def _writer(target: Path) -> tuple[subprocess.Popen, Path]:
+    """A process inside a save of ``target`` (its staging folder exists and has a file), and that folder."""
+    proc = subprocess.Popen([sys.executable, "-c", _STAGING_WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()  # blocks until the staging folder is written, however busy the machine
+    assert line, proc.wait()
+    return proc, Path(line)
+
+
+def test_next_save_removes_the_staging_folder_of_a_killed_save_but_not_a_live_one(tmp_path) -> None:
+    target = tmp_path / "m"
+    live, running = _writer(target)
+    try:
+        killed, stale = _writer(target)  # a second save of the same target, started while the first runs
+        killed.kill()  # SIGKILL: no handler, no cleanup runs
+        killed.wait()
+        assert stale.is_dir() and running.is_dir() and stale.name.startswith(".m.new-")
+        save(_model(0), target)
+        assert not stale.exists()  # the killed save's folder is gone
+        assert running.is_dir() and (running / "model.safetensors").read_bytes() == b"half"  # the live one stays
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m", running.name])
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_stale_staging_with_a_checkpoint_to_resume_is_kept(tmp_path) -> None:
+    from njet_convert.atomic import remove_stale_staging
+
+    killed, stale = _writer(tmp_path / "m")
+    killed.kill()
+    killed.wait()
+    (stale / "checkpoint.pt").write_bytes(b"resumable")
+    assert remove_stale_staging(tmp_path / "m", keep=lambda f: (f / "checkpoint.pt").is_file()) == []
+    assert remove_stale_staging(tmp_path / "m") == [stale] and not stale.exists()
+
+
 def test_save_replaces_whole_and_load_refuses_a_torn_folder(tmp_path) -> None:
     save(_model(0), tmp_path / "m")
     old_config = (tmp_path / "m" / "config.json").read_bytes()
@@ -317,7 +362,7 @@ def test_explicit_arguments_win_over_config_even_at_their_default() -> None:
 def _python(code: str) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                                      os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 
@@ -371,7 +416,9 @@ def test_sigkill_during_saves_leaves_a_complete_folder(tmp_path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.5)
+        while proc.poll() is None and not (Path(target) / "manifest.json").is_file():  # a save done, however slow
+            time.sleep(0.05)
+        time.sleep(0.2)  # then a kill at any moment of the saves that follow
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import first_line
-from ..record import Architecture
+from ..record import Architecture, find_architecture
 from .cli import add_training_arguments, run_training
 
 if TYPE_CHECKING:
@@ -31,8 +31,10 @@ def load_model_spec(spec: str, trust_code: bool = False) -> nn.Module:
         from njet_convert.serialization import load
 
         return load(spec, trust_code=trust_code)
-    arch = Architecture(spec)
-    if ":" not in spec or arch.kind != "code":
+    if ":" not in spec or Architecture(spec).kind != "code":
+        raise ValueError(f"model must be a saved model folder or package.module:callable, got {spec!r}")
+    arch = find_architecture(spec)  # what the name means is decided in one place, for njet-convert as well
+    if arch is None:
         raise ValueError(f"model must be a saved model folder or package.module:callable, got {spec!r}")
     model = arch.build(trust_code=True)
     from torch import nn

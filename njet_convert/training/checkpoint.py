@@ -10,6 +10,7 @@ or a kill while writing never leaves a torn file: the previous checkpoint stays 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
     "REQUIRED_KEYS",
+    "RunProgress",
     "capture_rng_state",
     "read_checkpoint",
     "restore_rng_state",
@@ -34,6 +36,51 @@ CHECKPOINT_FORMAT = "njet-finetune/1"
 CHECKPOINT_NAME = "checkpoint.pt"
 # What resuming reads without a default; a checkpoint lacking one of them cannot continue the run.
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step", "rng")
+
+
+@dataclass
+class RunProgress:
+    """Where a run stands and what it has recorded — everything a checkpoint keeps besides the module states.
+
+    ``partial`` is this rank's epoch sums so far (:class:`~njet_convert.training.metrics.EpochTotals`), so that a
+    run resumed mid-epoch reports the means of an uninterrupted one.
+    """
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    sigma_history: list[dict[str, float]] = field(default_factory=list)
+    sigma_steps: list[int] = field(default_factory=list)
+    sizes_before: dict[str, list[int]] = field(default_factory=dict)
+    macs_before: int | None = None
+    val_before: dict[str, float] | None = None
+    partial: list[float] = field(default_factory=lambda: [0.0, 0, 0, 0])
+
+    def payload(self) -> dict[str, Any]:
+        """The checkpoint keys of this progress (``partial`` is gathered over ranks by the caller)."""
+        return {
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            "history": {"epochs": self.history, "sigma": self.sigma_history, "sigma_steps": self.sigma_steps},
+            "feature_sizes_before": self.sizes_before, "val_before": self.val_before,
+            "multiply_adds_before": self.macs_before,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any], rank: int, world_size: int) -> RunProgress:
+        """Inverse of :meth:`payload`; this rank's ``partial`` sums when the checkpoint had as many ranks."""
+        hist = state.get("history", {})
+        progress = cls(
+            epoch=int(state["epoch"]), step_in_epoch=int(state["step_in_epoch"]),
+            global_step=int(state["global_step"]), history=list(hist.get("epochs", [])),
+            sigma_history=list(hist.get("sigma", [])), sigma_steps=list(hist.get("sigma_steps", [])),
+            sizes_before=dict(state.get("feature_sizes_before", {})), macs_before=state.get("multiply_adds_before"),
+            val_before=state.get("val_before"),
+        )
+        partial = state.get("partial")
+        if partial is not None and len(partial) == world_size:
+            progress.partial = list(partial[rank])
+        return progress
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -66,7 +113,14 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (plus the format tag) to ``path`` atomically: temporary file, fsync, ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda tmp: torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp), fsync=True)
+    return atomic_write(path, lambda tmp: _torch_save({"format": CHECKPOINT_FORMAT, **payload}, tmp), fsync=True)
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file: a full disk is then ``OSError(ENOSPC)`` (exit 2, "no space left"),
+    not the ``RuntimeError`` "unexpected pos" that torch's own file writer raises for it."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def read_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[str, Any]:

@@ -27,26 +27,30 @@ from torch.nn.parallel import DistributedDataParallel
 from njet_layers import SafeSubsample
 
 from ..errors import first_line
-from .checkpoint import CHECKPOINT_NAME, capture_rng_state, read_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    RunProgress,
+    capture_rng_state,
+    read_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from .config import DistillConfig, FinetuneConfig
 from .data import EpochLoader, split_batch
 from .distill import distillation_loss, teacher_logits
-from .distributed import DistContext, setup_distributed
+from .distributed import setup_distributed
+from .divergence import NonFiniteLossError, diverged_error, first_nonfinite
+from .evaluate import evaluate, labels_out_of_range, logits_of, to_device
 from .interrupt import GracefulInterrupt
-from .metrics import MetricsWriter, RunningMean, top1_correct
+from .metrics import EpochTotals, MetricsWriter, format_metrics, progress_bar, top1_correct
 from .optim import build_optimizer, build_scheduler
-from .plots import feature_sizes, plot_feature_sizes, plot_first_filters, plot_sigma_history, sigma_values
-from .precision import Precision, fp32_njet_kernels, resolve_precision
+from .plots import feature_sizes, sigma_values, write_plots
+from .precision import fp32_njet_kernels, resolve_precision
 from .resolution import multiply_adds, resolution_health
 
 __all__ = ["FinetuneResult", "NonFiniteLossError", "evaluate", "finetune"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The run diverged: the training or validation loss, a parameter or a buffer (batch-norm statistics) became
-    NaN or Inf. The run stopped and the last good checkpoint was kept (never overwritten by a diverged state)."""
 
 
 @dataclass
@@ -126,71 +130,6 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _logits(output: Any) -> Tensor:
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, dict) and "out" in output:
-        return output["out"]
-    if isinstance(output, list | tuple) and output and isinstance(output[0], Tensor):
-        return output[0]
-    raise ValueError(f"model output of type {type(output).__name__} is not logits (a tensor)")
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: EpochLoader, ctx: DistContext, precision: Precision, teacher: nn.Module | None = None,
-) -> dict[str, float]:
-    """Top-1 accuracy and loss on labeled data, agreement with ``teacher``'s arg-max when given (all ranks)."""
-    was_training = model.training
-    model.eval()
-    sums = [0.0] * 5  # correct, counted, loss_sum, agree, n
-    try:
-        for batch in loader.epoch(0):
-            x, y = split_batch(batch)
-            x = _to_device(x, ctx.device)
-            with precision.autocast():
-                logits = _logits(model(x)).float()
-                ref = _logits(teacher_logits(teacher, x)).float() if teacher is not None else None
-            if y is not None:
-                y = y.to(ctx.device)
-                _check_labels(y, logits.shape[1], "validation data")
-                correct, counted = top1_correct(logits, y)
-                sums[0] += correct
-                sums[1] += counted
-                sums[2] += float(F.cross_entropy(logits, y, reduction="sum"))
-            if ref is not None:
-                sums[3] += float((logits.argmax(1) == ref.argmax(1)).sum())
-            sums[4] += logits.argmax(1).numel()
-    finally:
-        model.train(was_training)
-    correct, counted, loss_sum, agree, n = ctx.sum(sums)
-    out: dict[str, float] = {}
-    if counted:
-        out.update(acc=100.0 * correct / counted, loss=loss_sum / counted)
-    if teacher is not None and n:
-        out["agreement"] = 100.0 * agree / n
-    return out
-
-
-def _labels_out_of_range(y: Tensor, classes: int) -> bool:
-    """Whether integer class labels fall outside ``0..classes-1`` (``-100``, cross-entropy's ignore index, is fine)."""
-    return y.numel() > 0 and not y.is_floating_point() and bool(
-        ((y >= classes) | ((y < 0) & (y != -100))).any())
-
-
-def _check_labels(y: Tensor, classes: int, what: str) -> None:
-    if _labels_out_of_range(y, classes):
-        raise ValueError(f"{what}: labels out of range for a model with {classes} outputs (labels "
-                         f"{int(y.min())}..{int(y.max())}; --num-classes too small?)")
-
-
-def _to_device(x: Tensor, device: torch.device, channels_last: bool = False) -> Tensor:
-    x = x.to(device, non_blocking=True)
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
 class _Trainer:
     """The state of one run; ``run`` is the loop. Kept private: ``finetune`` is the interface."""
 
@@ -219,49 +158,145 @@ class _Trainer:
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, self.steps_per_epoch, epochs, config)
         self.scaler = self.precision.scaler()
-        self.epoch = self.step_in_epoch = self.global_step = 0
-        self.history: list[dict[str, Any]] = []
-        self.sigma_history: list[dict[str, float]] = []
-        self.sigma_steps: list[int] = []
-        self.sizes_before: dict[str, list[int]] = {}
-        self.macs_before: int | None = None
+        self.progress = RunProgress()
         self.probe: Tensor | None = None
-        self.val_before: dict[str, float] | None = None
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
         self.last_good: Path | None = None
         self.net: nn.Module = self.model
-        self.partial: list[float] = [0.0, 0, 0, 0]  # this rank's loss sum, count, correct, counted in the epoch
+        self._rng_to_restore: list[dict[str, Any]] | None = None
 
-    # -- set-up ---------------------------------------------------------------------------------------------
+    # -- the loop -------------------------------------------------------------------------------------------
+    def run(self, state: dict[str, Any] | None) -> FinetuneResult:
+        # Signals are caught from the start (validation before training included): the run stops after its
+        # next step with a checkpoint, instead of dying without one.
+        with GracefulInterrupt() as stop:
+            return self._run(state, stop)
+
+    def _run(self, state: dict[str, Any] | None, stop: GracefulInterrupt) -> FinetuneResult:
+        self._start(state)
+        interrupted = False
+        try:
+            with fp32_njet_kernels(self.model, self.precision.enabled):
+                while self.progress.epoch < self.epochs and not interrupted:
+                    interrupted = self._train_epoch(stop)
+        finally:
+            self.metrics.close()
+        return self._result(interrupted, stop)
+
+    def _train_epoch(self, stop: GracefulInterrupt) -> bool:
+        """One epoch (or the rest of a resumed one); True when a signal stopped it (a checkpoint was written)."""
+        p = self.progress
+        self.net.train()
+        totals, seen, start = EpochTotals(*p.partial), 0, time.perf_counter()
+        batches = self.train_loader.epoch(p.epoch, p.step_in_epoch)
+        bar = self._bar()
+        for _ in range(p.step_in_epoch, self.steps_per_epoch):
+            batch = next(batches, None)
+            if batch is None:
+                break
+            loss, n, hits = self._step(batch)
+            stopping = self._check_step(loss, stop)
+            p.step_in_epoch += 1
+            p.global_step += 1
+            totals.add(loss, n, hits)
+            seen += n
+            p.partial = totals.as_list()
+            self._log_step(bar, loss, totals, seen * self.ctx.world_size / max(time.perf_counter() - start, 1e-9))
+            if stopping:
+                return self._stop(bar, stop)
+        if bar is not None:
+            bar.close()
+        self.ctx.broadcast_buffers(self.model)
+        self._end_epoch(totals, seen * self.ctx.world_size / max(time.perf_counter() - start, 1e-9))
+        return False
+
+    def _step(self, batch: Any) -> tuple[float, int, tuple[int, int]]:
+        """One optimiser step; returns the loss, the batch size and (correct, counted) for the accuracy."""
+        x, y = split_batch(batch)
+        x = to_device(x, self.ctx.device, self.channels_last)
+        y = y.to(self.ctx.device, non_blocking=True) if y is not None else None
+        if y is None and self.teacher is None:
+            raise ValueError("train_data has no labels: pass teacher= to distil the original network's outputs")
+        with self.precision.autocast():
+            logits = logits_of(self.net(x))
+            ref = logits_of(teacher_logits(self.teacher, x)) if self.teacher is not None else None
+        bad = y is not None and labels_out_of_range(y, logits.shape[1])
+        if self.ctx.flags([bad])[0]:
+            seen = f"{int(y.min())}..{int(y.max())}" if y is not None and y.numel() else "on another rank"
+            raise ValueError(f"train_data: labels out of range for a model with {logits.shape[1]} outputs "
+                             f"(labels {seen})")
+        if ref is not None:
+            loss = distillation_loss(logits, ref, y, self.config.distill, self.config.label_smoothing)
+        else:
+            loss = self.loss_fn(logits.float(), y)
+        value = float(loss.detach())
+        if math.isfinite(value):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.config.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+        target = y if y is not None else ref.argmax(1)
+        hits = top1_correct(logits.detach(), target) if target.dim() == logits.dim() - 1 else (0, 0)
+        return value, x.shape[0], hits
+
+    # -- set-up and results ---------------------------------------------------------------------------------
+    def _start(self, state: dict[str, Any] | None) -> None:
+        """Check the data fits, restore a checkpoint or measure the start (sizes, multiply-adds, validation)."""
+        self._check_model_takes_data()
+        if state is not None:
+            self._restore(state)
+        p, main = self.progress, self.ctx.is_main
+        self.metrics = MetricsWriter(self.out_dir, enabled=main, tensorboard=self.config.tensorboard,
+                                     resume_step=p.global_step if state is not None else None)
+        self.probe = self._probe_batch() if main else None  # sizes, health and multiply-adds on rank 0
+        if state is None:
+            if self.probe is not None:
+                p.sizes_before = feature_sizes(self.model, self.probe)
+                p.macs_before = multiply_adds(self.model, self.probe)
+            if self.val_loader is not None:
+                p.val_before = evaluate(self.model, self.val_loader, self.ctx, self.precision, self.teacher)
+                self._say(f"validation before fine-tuning: {format_metrics(p.val_before)}")
+            self._record_sigma()
+        self._wrap()
+        self._restore_rng()
+        if state is None and self.ctx.rank:
+            _seed_all(self.config.seed + self.ctx.rank)  # dropout etc. differ between ranks; rank 0 keeps its stream
+
+    def _result(self, interrupted: bool, stop: GracefulInterrupt) -> FinetuneResult:
+        p = self.progress
+        macs_after = multiply_adds(self.model, self.probe) if self.probe is not None else None
+        plots = self._finish(macs_after) if not interrupted else {}
+        return FinetuneResult(
+            model=self.model, epochs_done=p.epoch, global_step=p.global_step, interrupted=interrupted,
+            signal=stop.requested if interrupted else None,
+            history=list(p.history), val_before=p.val_before,
+            val_after=p.history[-1].get("val") if p.history else None,
+            checkpoint=self.last_good, out_dir=self.out_dir, plots=plots, multiply_adds_before=p.macs_before,
+            multiply_adds_after=macs_after,
+        )
+
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
-        self.global_step = int(state["global_step"])
-        hist = state.get("history", {})
-        self.history = list(hist.get("epochs", []))
-        self.sigma_history = list(hist.get("sigma", []))
-        self.sigma_steps = list(hist.get("sigma_steps", []))
-        self.sizes_before = dict(state.get("feature_sizes_before", {}))
-        self.macs_before = state.get("multiply_adds_before")
-        self.val_before = state.get("val_before")
+        self.progress = RunProgress.from_checkpoint(state, self.ctx.rank, self.ctx.world_size)
         self.last_good = self.checkpoint_path if self.checkpoint_path and self.checkpoint_path.exists() else None
         self._rng_to_restore = state["rng"]
-        partial = state.get("partial")
-        if partial is not None and len(partial) == self.ctx.world_size:
-            self.partial = list(partial[self.ctx.rank])
 
     def _restore_rng(self) -> None:
-        states = getattr(self, "_rng_to_restore", None)
+        states = self._rng_to_restore
         if states is None:
             return
         if len(states) != self.ctx.world_size:
             self._say(f"checkpoint was written by {len(states)} ranks, this run has {self.ctx.world_size}: "
                       "RNG states are reseeded (results will not match an uninterrupted run exactly)")
-            _seed_all(self.config.seed + 7919 * (self.global_step + 1) + self.ctx.rank)
+            _seed_all(self.config.seed + 7919 * (self.progress.global_step + 1) + self.ctx.rank)
         else:
             restore_rng_state(states[self.ctx.rank])
 
@@ -300,178 +335,80 @@ class _Trainer:
         except Exception:  # iterable datasets: no probe, no size plot
             return None
         x, _ = split_batch(first if not isinstance(first, Tensor) else (first,))
-        return _to_device(x.unsqueeze(0), self.ctx.device, self.channels_last)
+        return to_device(x.unsqueeze(0), self.ctx.device, self.channels_last)
 
-    # -- the loop -------------------------------------------------------------------------------------------
-    def run(self, state: dict[str, Any] | None) -> FinetuneResult:
-        # Signals are caught from the start (validation before training included): the run stops after its
-        # next step with a checkpoint, instead of dying without one.
-        with GracefulInterrupt() as stop:
-            return self._run(state, stop)
+    # -- bookkeeping ----------------------------------------------------------------------------------------
+    def _check_step(self, loss: float, stop: GracefulInterrupt) -> bool:
+        """Stop on a NaN/Inf loss or state on any rank; True when a signal asks (any rank) to stop after it."""
+        nonfinite = not math.isfinite(loss)
+        bad = None if nonfinite else first_nonfinite(self.model)  # a finite loss can hide diverged weights
+        nonfinite, stopping, bad_state = self.ctx.flags([nonfinite, stop.requested is not None, bad is not None])
+        if nonfinite:
+            self._diverged()
+        if bad_state:
+            where = f"step {self.progress.step_in_epoch + 1} of epoch {self.progress.epoch + 1}"
+            self._diverged(f"{bad or 'a parameter or buffer on another rank'} became NaN/Inf at {where}")
+        return stopping
 
-    def _run(self, state: dict[str, Any] | None, stop: GracefulInterrupt) -> FinetuneResult:
-        self._check_model_takes_data()
-        if state is not None:
-            self._restore(state)
-        main = self.ctx.is_main
-        self.metrics = MetricsWriter(self.out_dir, enabled=main, tensorboard=self.config.tensorboard,
-                                     resume_step=self.global_step if state is not None else None)
-        self.probe = self._probe_batch() if main else None  # sizes, health and multiply-adds on rank 0
-        probe = self.probe if (self.out_dir is not None and self.config.plots) else None
-        if state is None:
-            if self.probe is not None:
-                self.sizes_before = feature_sizes(self.model, self.probe)
-                self.macs_before = multiply_adds(self.model, self.probe)
-            if self.val_loader is not None:
-                self.val_before = evaluate(self.model, self.val_loader, self.ctx, self.precision, self.teacher)
-                self._say(f"validation before fine-tuning: {_fmt(self.val_before)}")
+    def _log_step(self, bar: Any, loss: float, totals: EpochTotals, rate: float) -> None:
+        lr = self.optimizer.param_groups[0]["lr"]
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{totals.loss.mean:.4f}", acc=totals.accuracy, img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
+        p = self.progress
+        if p.global_step % self.config.extra.get("log_every", 50) == 0:
+            self.metrics.log({"kind": "step", "epoch": p.epoch, "global_step": p.global_step, "loss": loss, "lr": lr})
             self._record_sigma()
-        self._wrap()
-        self._restore_rng()
-        _seed_rank = None if state is not None else self.config.seed + self.ctx.rank
-        if _seed_rank is not None and self.ctx.rank:
-            _seed_all(_seed_rank)  # dropout etc. differ between ranks; rank 0 keeps the seeded stream
-        interrupted = False
-        try:
-            with fp32_njet_kernels(self.model, self.precision.enabled):
-                while self.epoch < self.epochs and not interrupted:
-                    interrupted = self._train_epoch(stop)
-        finally:
-            self.metrics.close()
-        val_after = self.history[-1].get("val") if self.history else None
-        plots = self._finish(probe) if not interrupted else {}
-        return FinetuneResult(
-            model=self.model, epochs_done=self.epoch, global_step=self.global_step, interrupted=interrupted,
-            signal=stop.requested if interrupted else None,
-            history=list(self.history), val_before=self.val_before, val_after=val_after,
-            checkpoint=self.last_good, out_dir=self.out_dir, plots=plots, multiply_adds_before=self.macs_before,
-            multiply_adds_after=multiply_adds(self.model, self.probe) if self.probe is not None else None,
-        )
 
-    def _train_epoch(self, stop: GracefulInterrupt) -> bool:
-        cfg, ctx = self.config, self.ctx
-        self.net.train()
-        loss_mean, correct = RunningMean(), [0, 0]
-        loss_mean.total, loss_mean.count, correct[0], correct[1] = self.partial  # a resumed epoch's sums so far
-        seen = 0
-        start = time.perf_counter()
-        batches = self.train_loader.epoch(self.epoch, self.step_in_epoch)
-        bar = self._bar()
-        for _ in range(self.step_in_epoch, self.steps_per_epoch):
-            batch = next(batches, None)
-            if batch is None:
-                break
-            loss, n, hits = self._step(batch)
-            nonfinite = not math.isfinite(loss)
-            bad = None if nonfinite else _first_nonfinite(self.model)  # a finite loss can hide diverged weights
-            nonfinite, stopping, bad_state = ctx.flags([nonfinite, stop.requested is not None, bad is not None])
-            if nonfinite:
-                self._diverged()
-            if bad_state:
-                where = f"step {self.step_in_epoch + 1} of epoch {self.epoch + 1}"
-                self._diverged(f"{bad or 'a parameter or buffer on another rank'} became NaN/Inf at {where}")
-            self.step_in_epoch += 1
-            self.global_step += 1
-            loss_mean.add(loss, n)
-            seen += n
-            correct[0] += hits[0]
-            correct[1] += hits[1]
-            self.partial = [loss_mean.total, loss_mean.count, correct[0], correct[1]]
-            rate = seen * ctx.world_size / max(time.perf_counter() - start, 1e-9)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_mean.mean:.4f}", acc=_pct(correct), img_s=f"{rate:.0f}",
-                                lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
-            if self.global_step % cfg.extra.get("log_every", 50) == 0:
-                self.metrics.log({"kind": "step", "epoch": self.epoch, "global_step": self.global_step,
-                                  "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]})
-                self._record_sigma()
-            if stopping:
-                if bar is not None:
-                    bar.close()
-                ctx.broadcast_buffers(self.model)
-                self._save()
-                where = f"epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch}"
-                self._say(f"stopped by {stop.name or 'a signal on another rank'} at {where}; checkpoint: "
-                          f"{self.last_good}; continue with resume={str(self.last_good)!r}")
-                return True
+    def _stop(self, bar: Any, stop: GracefulInterrupt) -> bool:
+        """A signal arrived: checkpoint the position after this step and say how to continue."""
         if bar is not None:
             bar.close()
-        ctx.broadcast_buffers(self.model)
-        totals = ctx.sum([loss_mean.total, loss_mean.count, correct[0], correct[1]])
+        self.ctx.broadcast_buffers(self.model)
+        self._save()
+        where = f"epoch {self.progress.epoch + 1}, step {self.progress.step_in_epoch}/{self.steps_per_epoch}"
+        self._say(f"stopped by {stop.name or 'a signal on another rank'} at {where}; checkpoint: "
+                  f"{self.last_good}; continue with resume={str(self.last_good)!r}")
+        return True
+
+    def _end_epoch(self, totals: EpochTotals, rate: float) -> None:
+        """The epoch's row (train and validation metrics, σ, resolution health), logged and checkpointed."""
+        p, ctx = self.progress, self.ctx
+        summed = ctx.sum(totals.as_list())
         row: dict[str, Any] = {
-            "kind": "epoch", "epoch": self.epoch + 1, "global_step": self.global_step,
-            "train_loss": totals[0] / max(totals[1], 1),
-            "train_acc": 100.0 * totals[2] / totals[3] if totals[3] else None,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "images_per_s": seen * ctx.world_size / max(time.perf_counter() - start, 1e-9),
+            "kind": "epoch", "epoch": p.epoch + 1, "global_step": p.global_step,
+            "train_loss": summed[0] / max(summed[1], 1),
+            "train_acc": 100.0 * summed[2] / summed[3] if summed[3] else None,
+            "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": rate,
         }
-        if self.val_loader is not None and ((self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == self.epochs):
+        if self.val_loader is not None and ((p.epoch + 1) % self.config.eval_every == 0 or p.epoch + 1 == self.epochs):
             val = evaluate(self.model, self.val_loader, ctx, self.precision, self.teacher)
             if not all(math.isfinite(v) for v in val.values()):
-                self._diverged(f"the validation loss became NaN/Inf after epoch {self.epoch + 1}")
+                self._diverged(f"the validation loss became NaN/Inf after epoch {p.epoch + 1}")
             row["val"] = val
             row.update({f"val_{k}": v for k, v in val.items()})
         self._record_sigma()
-        row.update({f"sigma/{k}": v for k, v in self.sigma_history[-1].items()})
+        row.update({f"sigma/{k}": v for k, v in p.sigma_history[-1].items()})
         row.update(self._resolution_row())
-        self.epoch += 1
-        self.step_in_epoch = 0
-        self.partial = [0.0, 0, 0, 0]
-        self.history.append(row)
+        p.epoch += 1
+        p.step_in_epoch = 0
+        p.partial = [0.0, 0, 0, 0]
+        p.history.append(row)
         self.metrics.log({k: v for k, v in row.items() if k != "val"})
         acc = "" if row["train_acc"] is None else f", acc {row['train_acc']:.2f}%"
-        val = "; val " + _fmt(row["val"]) if "val" in row else ""
-        self._say(f"epoch {self.epoch}/{self.epochs}: train loss {row['train_loss']:.4f}{acc}{val}")
+        val_text = "; val " + format_metrics(row["val"]) if "val" in row else ""
+        self._say(f"epoch {p.epoch}/{self.epochs}: train loss {row['train_loss']:.4f}{acc}{val_text}")
         self._save()
-        return False
 
-    def _step(self, batch: Any) -> tuple[float, int, tuple[int, int]]:
-        """One optimiser step; returns the loss, the batch size and (correct, counted) for the accuracy."""
-        x, y = split_batch(batch)
-        x = _to_device(x, self.ctx.device, self.channels_last)
-        y = y.to(self.ctx.device, non_blocking=True) if y is not None else None
-        if y is None and self.teacher is None:
-            raise ValueError("train_data has no labels: pass teacher= to distil the original network's outputs")
-        with self.precision.autocast():
-            logits = _logits(self.net(x))
-            ref = _logits(teacher_logits(self.teacher, x)) if self.teacher is not None else None
-        bad = y is not None and _labels_out_of_range(y, logits.shape[1])
-        if self.ctx.flags([bad])[0]:
-            seen = f"{int(y.min())}..{int(y.max())}" if y is not None and y.numel() else "on another rank"
-            raise ValueError(f"train_data: labels out of range for a model with {logits.shape[1]} outputs "
-                             f"(labels {seen})")
-        if ref is not None:
-            loss = distillation_loss(logits, ref, y, self.config.distill, self.config.label_smoothing)
-        else:
-            loss = self.loss_fn(logits.float(), y)
-        value = float(loss.detach())
-        if math.isfinite(value):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.config.grad_clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-        target = y if y is not None else ref.argmax(1)
-        hits = top1_correct(logits.detach(), target) if target.dim() == logits.dim() - 1 else (0, 0)
-        return value, x.shape[0], hits
-
-    # -- bookkeeping ----------------------------------------------------------------------------------------
     def _diverged(self, what: str | None = None) -> None:
-        where = f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1} (global step {self.global_step + 1})"
-        what = what or f"loss became NaN/Inf at {where}"
-        kept = (f"the last good checkpoint {str(self.last_good)!r} is kept" if self.last_good is not None
-                else "no checkpoint had been written yet")
+        p = self.progress
+        where = f"epoch {p.epoch + 1}, step {p.step_in_epoch + 1} (global step {p.global_step + 1})"
         self.metrics.close()
-        raise NonFiniteLossError(f"{what}; training stopped, {kept}. "
-                                 "Lower the learning rate (or sigma_lr), or set grad_clip.")
+        raise diverged_error(what or f"loss became NaN/Inf at {where}", self.last_good)
 
     def _record_sigma(self) -> None:
-        self.sigma_history.append(sigma_values(self.model))
-        self.sigma_steps.append(self.global_step)
+        self.progress.sigma_history.append(sigma_values(self.model))
+        self.progress.sigma_steps.append(self.progress.global_step)
 
     def _resolution_row(self) -> dict[str, Any]:
         """σ on a bound, maps of 1 px and multiply-adds per image now (rank 0; said on stderr when not empty)."""
@@ -488,78 +425,37 @@ class _Trainer:
 
     def _save(self) -> None:
         rng = self.ctx.gather(capture_rng_state())  # collectives: every rank takes part
-        partial = self.ctx.gather(list(self.partial))
+        partial = self.ctx.gather(list(self.progress.partial))
         if not self.ctx.is_main or self.checkpoint_path is None:
             return
         payload = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.precision.needs_scaler else None,
-            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-            "epochs": self.epochs, "world_size": self.ctx.world_size, "rng": rng,
-            "partial": partial,
-            "sampler": {"epoch": self.epoch, "skip_batches": self.step_in_epoch, "seed": self.config.seed},
-            "config": self.config.to_dict(),
-            "history": {"epochs": self.history, "sigma": self.sigma_history, "sigma_steps": self.sigma_steps},
-            "feature_sizes_before": self.sizes_before, "val_before": self.val_before,
-            "multiply_adds_before": self.macs_before,
+            **self.progress.payload(), "epochs": self.epochs, "world_size": self.ctx.world_size, "rng": rng,
+            "partial": partial, "config": self.config.to_dict(),
+            "sampler": {"epoch": self.progress.epoch, "skip_batches": self.progress.step_in_epoch,
+                        "seed": self.config.seed},
         }
         self.last_good = save_checkpoint(self.checkpoint_path, payload)
 
-    def _finish(self, probe: Tensor | None) -> dict[str, Path]:
+    def _finish(self, macs_after: int | None) -> dict[str, Path]:
         """The PNG plots; a reporting step never costs the trained result, so a missing matplotlib skips them."""
         if not self.ctx.is_main or self.out_dir is None or not self.config.plots:
             return {}
         try:
-            return self._plots(probe)
+            return write_plots(self.model, self.out_dir, self.progress, self.probe, macs_after)
         except ImportError as exc:
             self._say(f"plots skipped: {first_line(exc)} (pip install 'njet[plots]' to get them); "
                       "the trained model is kept", always=True)
             return {}
 
-    def _plots(self, probe: Tensor | None) -> dict[str, Path]:
-        plots: dict[str, Path] = {}
-        made = {
-            "sigma": plot_sigma_history(self.sigma_history, self.sigma_steps, self.out_dir / "sigma.png"),
-            "filters": plot_first_filters(self.model, self.out_dir / "first_layer_filters.png"),
-        }
-        if probe is not None and self.sizes_before:
-            after = feature_sizes(self.model, probe)
-            macs = (self.macs_before, multiply_adds(self.model, probe)) if self.macs_before is not None else None
-            made["feature_sizes"] = plot_feature_sizes(self.sizes_before, after, self.out_dir / "feature_sizes.png",
-                                                       multiply_adds=macs)
-        plots.update({k: v for k, v in made.items() if v is not None})
-        return plots
-
-    def _bar(self):
+    def _bar(self) -> Any:
         if not (self.ctx.is_main and self.config.progress and sys.stderr.isatty()):
             return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, leave=False, dynamic_ncols=True,
-                    desc=f"epoch {self.epoch + 1}/{self.epochs}")
+        return progress_bar(self.steps_per_epoch, self.progress.step_in_epoch,
+                            f"epoch {self.progress.epoch + 1}/{self.epochs}")
 
     def _say(self, message: str, always: bool = False) -> None:
         if self.ctx.is_main and (self.config.progress or always):
             print(f"[finetune] {message}", file=sys.stderr, flush=True)
-
-
-def _first_nonfinite(model: nn.Module) -> str | None:
-    """The name of the first floating parameter or buffer holding NaN/Inf, or None (one fused check per tensor)."""
-    tensors = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_floating_point()]
-    if not tensors:
-        return None
-    finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in tensors])
-    if bool(finite.all()):
-        return None
-    return tensors[int((~finite).nonzero()[0])][0]
-
-
-def _pct(counts: list[int]) -> str:
-    return f"{100.0 * counts[0] / counts[1]:.1f}%" if counts[1] else "-"
-
-
-def _fmt(values: dict[str, float] | None) -> str:
-    if not values:
-        return "-"
-    return ", ".join(f"{k} {v:.2f}{'%' if k in ('acc', 'agreement') else ''}" for k, v in values.items())

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..atomic import atomic_write_text
 
-__all__ = ["MetricsWriter", "RunningMean", "top1_correct"]
+__all__ = ["EpochTotals", "MetricsWriter", "RunningMean", "format_metrics", "progress_bar", "top1_correct"]
 
 
 def top1_correct(logits: Tensor, target: Tensor, ignore_index: int = -100) -> tuple[int, int]:
@@ -42,6 +42,44 @@ class RunningMean:
     @property
     def mean(self) -> float:
         return self.total / self.count if self.count else math.nan
+
+
+class EpochTotals:
+    """This rank's sums over the epoch so far: loss (times batch size), images, correct and counted predictions.
+
+    ``as_list`` is what a checkpoint keeps, so that a resumed epoch reports the same means as an uninterrupted one.
+    """
+
+    def __init__(self, loss_sum: float = 0.0, count: int = 0, correct: int = 0, counted: int = 0) -> None:
+        self.loss = RunningMean()
+        self.loss.total, self.loss.count = loss_sum, count
+        self.correct, self.counted = correct, counted
+
+    def add(self, loss: float, n: int, hits: tuple[int, int]) -> None:
+        self.loss.add(loss, n)
+        self.correct += hits[0]
+        self.counted += hits[1]
+
+    def as_list(self) -> list[float]:
+        return [self.loss.total, self.loss.count, self.correct, self.counted]
+
+    @property
+    def accuracy(self) -> str:
+        return f"{100.0 * self.correct / self.counted:.1f}%" if self.counted else "-"
+
+
+def format_metrics(values: dict[str, float] | None) -> str:
+    """``"acc 91.20%, loss 0.31"``: a metrics dict as a log line (``-`` when empty)."""
+    if not values:
+        return "-"
+    return ", ".join(f"{k} {v:.2f}{'%' if k in ('acc', 'agreement') else ''}" for k, v in values.items())
+
+
+def progress_bar(total: int, initial: int, desc: str) -> Any:
+    """A tqdm bar on stderr (the caller decides whether one is wanted: rank 0, a terminal, progress on)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, leave=False, dynamic_ncols=True, desc=desc)
 
 
 class MetricsWriter:

@@ -4,13 +4,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from njet_layers import NJetConv2d, SafeSubsample
 
-__all__ = ["feature_sizes", "plot_feature_sizes", "plot_first_filters", "plot_sigma_history", "sigma_values"]
+__all__ = [
+    "feature_sizes",
+    "plot_feature_sizes",
+    "plot_first_filters",
+    "plot_sigma_history",
+    "sigma_values",
+    "write_plots",
+]
 
 
 def sigma_values(model: nn.Module) -> dict[str, float]:
@@ -123,3 +131,21 @@ def plot_first_filters(model: nn.Module, path: str | Path, max_filters: int = 64
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def write_plots(model: nn.Module, out_dir: Path, progress: Any, probe: Tensor | None,
+                multiply_adds_after: int | None) -> dict[str, Path]:
+    """The PNGs of a finished run in ``out_dir``: σ over the steps, the first layer's filters, and (with a probe
+    image and sizes before training) feature-map sizes before and after; ``progress`` is the run's
+    :class:`~njet_convert.training.checkpoint.RunProgress`. Raises ImportError without matplotlib."""
+    made = {
+        "sigma": plot_sigma_history(progress.sigma_history, progress.sigma_steps, out_dir / "sigma.png"),
+        "filters": plot_first_filters(model, out_dir / "first_layer_filters.png"),
+    }
+    if probe is not None and progress.sizes_before:
+        after = feature_sizes(model, probe)
+        before = progress.macs_before
+        macs = (before, multiply_adds_after) if before is not None and multiply_adds_after is not None else None
+        made["feature_sizes"] = plot_feature_sizes(progress.sizes_before, after, out_dir / "feature_sizes.png",
+                                                   multiply_adds=macs)
+    return {k: v for k, v in made.items() if v is not None}
