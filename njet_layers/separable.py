@@ -1,27 +1,29 @@
-"""Separable N-Jet convolution: vertical 1-D passes, one combine with α, horizontal 1-D passes — flat in σ.
+"""Separable N-Jet convolution: horizontal 1-D passes, one combine GEMM with α, vertical 1-D passes — flat in σ.
 
 Why: every basis filter is ``g_j(y) · g_i(x)``, so ``F = Σ_{i,j} α[o, c, (i, j)] g_j(y) g_i(x)`` can be applied as
 
-1. along y, per input channel: ``Y_j = g_j(y) ⋆ x`` for the ``J = n_y + 1`` vertical orders;
-2. the combine, a ``1×1`` product: ``Z[i, o] = Σ_{j, c} α[o, c, (i, j)] Y_j[c]`` — exactly ``M · C_in · C_out``
-   multiply-adds per pixel (``M`` = number of basis filters; the original conv's count for a tensor basis of the
+1. along x, per input channel: ``X_i = g_i(x) ⋆ x`` for the ``I = n_x + 1`` horizontal orders;
+2. the combine, a ``1×1`` product: ``Z_j[o] = Σ_{i, c} α[o, c, (i, j)] X_i[c]`` — exactly ``M · C_in · C_out``
+   multiply-adds per pixel (``M`` = number of basis filters: the original conv's count for a tensor basis of the
    kernel's own size, 10/9 of a 3×3 conv for the order-3 jet), because for every ``j`` the used ``i`` are a
    prefix ``0..w_j - 1`` (``w_j = n - j + 1`` for the jet, ``n_x + 1`` for a tensor basis);
-3. along x, per output channel: ``out[o] = Σ_i g_i(x) ⋆ Z[i, o]`` (``I = n_x + 1`` passes, summed).
+3. along y, per output channel: ``out[o] = Σ_j g_j(y) ⋆ Z_j[o]`` (``J = n_y + 1`` passes, summed).
 
-Unlike :mod:`njet_layers.basis_first` no ``M × C_in`` intermediate is formed: the kept maps are ``J · C_in`` (Y)
-and ``I · C_out`` (Z) per pixel (4 + 4 channels' worth per channel at order 3 instead of 4 + 10).
+Unlike :mod:`njet_layers.basis_first` no ``M × C_in`` intermediate is formed: the kept maps are ``I · C_in`` (X)
+and ``J · C_out`` (Z) per pixel (4 + 4 channels' worth at order 3 instead of 4 + 10), and the multiply-adds do
+not grow with σ (docs/design.md, "Basis index sets").
 
-Layout (why it is fast in eager PyTorch): channels-last throughout and every stage a BLAS product with no copies:
-the vertical pass is ``T_y[j] [H', H] @ x[n] [H, W·C]`` (a banded Toeplitz matrix carrying padding, stride and
-crop), written as ``Y[j]`` = ``[N·H'·W, C]``; the combine is one GEMM per ``j`` accumulated into ``Z`` =
-``[N·H'·W, I·C_out]`` (columns restricted to the prefix); the horizontal pass is ``T_x [W', W·I] @ Z[n, h']
-[W·I, C_out]``, whose output ``[N, H', W', C_out]`` is the channels-last result. Long axes are cut into tiles of
-output rows so each Toeplitz block is ``tile + 2R`` wide (the cost stays flat in σ until ``2R`` dominates the
-tile). The backward pass is written out (the same products transposed); it keeps ``x``, ``Y`` and ``Z``.
+Layout (why it is fast in eager PyTorch): every stage is a large BLAS product with no layout copy but one cheap
+``N ↔ C`` swap of the input. With the input as ``[C, N, H, W]``, the horizontal pass is one GEMM per ``i``,
+``x [(C·N·H), W] @ T_x[i]ᵀ [W, W']`` (a banded Toeplitz matrix carrying padding, stride and crop), giving ``X`` as
+``[(I·C), (N·H·W')]``; the combine is one GEMM per ``j``, ``Xᵀ[:, :w_j·C] @ A_j`` → ``Z_j [(N·H·W'), C_out]``; the
+vertical pass is ``T_y[j] [H', H] @ Z_j[n] [H, (W'·C_out)]`` per image (one batched product, accumulated over
+``j``), whose result ``[N, H', W', C_out]`` is the channels-last output. Long axes are cut into tiles of output
+rows (``SEPARABLE_TILE``) so each Toeplitz block is ``tile + 2R`` wide. The backward pass is written out (the same
+products transposed) and keeps ``x``, ``X`` and ``Z``; in training those buffers (and their gradients') come from
+a :class:`Workspace` the layer reuses across steps.
 
-Groups: ``groups == 1`` and depthwise with multiplier 1 (``C_in == C_out == groups``, the combine is then an
-elementwise product); other groupings use :mod:`njet_layers.basis_first`.
+Groups: ``groups == 1`` only; other groupings use :mod:`njet_layers.basis_first`.
 """
 
 from __future__ import annotations
@@ -46,32 +48,39 @@ def supports_separable(in_channels: int, out_channels: int, groups: int) -> bool
 
 
 class Workspace:
-    """Reusable buffers for the kept maps of a training step: handed back after backward, taken by the next forward.
+    """Buffers a layer reuses from one training step to the next for its kept maps and their gradients.
 
-    Fresh multi-megabyte CPU allocations are paid as page faults on first touch (measured: ~10 ms per 32 MiB on the
-    project's CPU, as much as the combine's GEMM); a layer that reuses its buffers pays them once. Safe by
-    construction: a buffer is only reused after the backward that needed it has finished, and a retained graph
-    whose buffers were reused fails PyTorch's saved-tensor version check instead of computing wrong gradients.
+    Why: a fresh multi-megabyte CPU allocation is paid as page faults on first touch (measured: ~10 ms per 32 MiB
+    on the project's CPU, as much as the combine's GEMM); a layer that reuses its buffers pays them once.
+    Safety: a buffer is handed out again only when nothing but the workspace refers to it (its tensor's use
+    count is 1) — never while a graph, retained or not yet run backward, still holds it as a saved tensor.
     """
+
+    max_per_shape: int = 4
 
     def __init__(self) -> None:
         self._free: dict[tuple, list[Tensor]] = {}
 
     def take(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """A buffer of ``shape`` with ``like``'s dtype and device (reused when one is free)."""
-        free = self._free.get((shape, like.dtype, like.device))
-        return free.pop() if free else like.new_empty(shape)
-
-    def give(self, *buffers: Tensor) -> None:
-        """Return buffers for reuse (at most two per shape are kept)."""
-        for buf in buffers:
-            free = self._free.setdefault((tuple(buf.shape), buf.dtype, buf.device), [])
-            if len(free) < 2:
-                free.append(buf)
+        """An unused buffer of ``shape`` with ``like``'s dtype and device (a new one when none is free)."""
+        held = self._free.setdefault((shape, like.dtype, like.device), [])
+        for buf in held:
+            if _unshared(buf):
+                return buf
+        buf = like.new_empty(shape)
+        if len(held) < self.max_per_shape:
+            held.append(buf)
+        return buf
 
     def clear(self) -> None:
         """Drop every held buffer."""
         self._free.clear()
+
+
+def _unshared(buf: Tensor) -> bool:
+    """Whether only the workspace refers to ``buf`` (PyTorch's tensor use count; False if unavailable)."""
+    count = getattr(buf, "_use_count", None)
+    return count is not None and count() == 1
 
 
 def _combine_weights(alpha: Tensor, order: BasisOrder) -> Tensor:
@@ -146,26 +155,27 @@ class _Separable(torch.autograd.Function):
                 for j in range(num_j):
                     prod = torch.bmm(gv[:, o_lo:o_hi], zv[j][:, i_lo:i_hi].transpose(1, 2))
                     g_ty[j, o_lo:o_hi, i_lo:i_hi] = prod.sum(0)
-        # the kept maps are dead once read: their gradients are written into the same buffers
-        g_z = zv
+        take = workspace.take if workspace is not None else (lambda shape, like: like.new_empty(shape))
+        g_zmaps = take(tuple(zmaps.shape), zmaps)
+        g_z = g_zmaps.view_as(zv)
         for i_lo, i_hi, o_lo, o_hi in band_tiles(ty.transpose(1, 2), tile):  # input rows: no overlap
             for j in range(num_j):
                 blk = ty[j, o_lo:o_hi, i_lo:i_hi].t().contiguous().expand(n, -1, -1)
                 torch.bmm(blk, gv[:, o_lo:o_hi], out=g_z[j][:, i_lo:i_hi])
-        g_z = zmaps
+        g_z = g_zmaps
         xf = xmaps.view(num_i * c, n * h * wo)
         g_a = None
         if need_a:
             g_a = torch.zeros_like(a)
             for j, width in enumerate(widths):
                 torch.mm(xf[: width * c], g_z[j], out=g_a[j, : width * c])
-        g_xf = xf
+        g_xm = take(tuple(xmaps.shape), xmaps)
+        g_xf = g_xm.view_as(xf)
         for j, width in enumerate(widths):  # widths[0] is the full I: it initialises g_x maps
             if j == 0:
                 torch.mm(a[j, : width * c], g_z[j].t(), out=g_xf[: width * c])
             else:
                 g_xf[: width * c].addmm_(a[j, : width * c], g_z[j].t())
-        g_xm = xmaps
         x2 = x.view(c * n * h, w)
         g_tx = torch.zeros_like(tx) if need_tx else None
         if g_tx is not None:
@@ -183,8 +193,6 @@ class _Separable(torch.autograd.Function):
                     else:
                         dst.addmm_(g_xm[i][:, o_lo:o_hi], tx[i, o_lo:o_hi, i_lo:i_hi])
             g_x = g_x.view(c, n, h, w)
-        if workspace is not None:
-            workspace.give(xmaps, zmaps)
         return g_x, g_ty, g_tx, g_a, None, None, None
 
 
@@ -206,10 +214,12 @@ def separable_conv2d(
     """N-Jet convolution computed separably; equals ``F.conv2d`` with the composed kernel and 'same' padding.
 
     Arguments as in :func:`~njet_layers.basis_first.basis_first_conv2d`; ``groups`` must satisfy
-    :func:`supports_separable`. Runs in ``x``'s dtype, or in the autocast dtype when autocast is on (the 1-D
-    filters are formed in σ's precision first). Returns ``[N, C_out, H', W']`` with channels-last strides.
+    :func:`supports_separable`; ``tile``: output rows per Toeplitz block; ``workspace``: reusable buffers
+    (:class:`Workspace`; ``None`` allocates fresh ones). Runs in ``x``'s dtype, or in the autocast dtype when
+    autocast is on (the 1-D filters are formed in σ's precision first).
+    Returns ``[N, C_out, H', W']`` with channels-last strides.
     """
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     out_ch = alpha.shape[0]
     if not supports_separable(c, out_ch, groups) or alpha.shape[1] != c:
         raise ValueError(f"separable path: alpha {tuple(alpha.shape)}, in_channels={c}, groups={groups} "
