@@ -8,7 +8,9 @@ per round, median over rounds), so the ratios share the machine's load at that m
 separately only when it picks another path).
 
 Step table: one SGD step (forward, loss, backward, step) of ResNet-32 (CIFAR, 32×32) and MobileNetV2 against the
-same network converted with ``njet_convert.convert(model, order=3)`` and with every converted conv rebuilt as a
+same network converted with ``njet_convert.convert(model, order=3)`` (default ``subsample="safe"``: strided convs
+run at full resolution, then σ-matched subsampling; and with ``subsample="keep"``), and with every converted conv
+rebuilt as a
 tensor-basis layer of its own kernel size (``order=(k-1, k-1)``; weights random: speed only).
 
     python benchmarks/layer_speed.py --quick             # 32², batch 32, σ 1 and 4, order 3 and (2, 2); ResNet-32
@@ -160,8 +162,9 @@ def _networks(name: str) -> dict[str, nn.Module]:
 
         original = torchvision.models.mobilenet_v2()
     jet, _ = convert(original, order=3)
+    kept, _ = convert(original, order=3, subsample="keep")
     tensor = tensor_basis_model(convert(original, order=3)[0])
-    return {"original": original, "order 3": jet, "tensor (own kernel)": tensor}
+    return {"original": original, "order 3": jet, "order 3, strides kept": kept, "tensor (own kernel)": tensor}
 
 
 def bench_step(name: str, size: int, batch: int, device: torch.device, rounds: int) -> dict[str, float]:
