@@ -30,7 +30,7 @@ from torch import Tensor
 from .axis_filters import axis_filters
 from .basis import BasisOrder, basis_orders
 
-__all__ = ["BasisFirstPlan", "basis_first_conv2d", "output_centers", "toeplitz_1d"]
+__all__ = ["BasisFirstPlan", "band_tiles", "basis_first_conv2d", "output_centers", "toeplitz_1d"]
 
 _TILE = 32  # output rows per Toeplitz block on large images (each block reads TILE + 2R input rows)
 
@@ -63,7 +63,7 @@ def toeplitz_1d(filters: Tensor, size: int, centers: list[int]) -> Tensor:
     return filters[:, tap.clamp(0, 2 * radius)] * inside.to(filters.dtype)
 
 
-def _tiles(matrix: Tensor, tile: int) -> list[tuple[int, int, int, int]]:
+def band_tiles(matrix: Tensor, tile: int) -> list[tuple[int, int, int, int]]:
     """Row tiles ``(o_lo, o_hi, i_lo, i_hi)`` of a banded ``[..., out, in]`` matrix and the input columns each needs."""
     rows, cols = matrix.shape[-2:]
     if rows <= tile + tile // 2:
@@ -85,7 +85,7 @@ class _SeparableBasisMaps(torch.autograd.Function):
     def forward(ctx, x: Tensor, ty: Tensor, tx: Tensor, pairs: tuple[tuple[int, int], ...]) -> Tensor:  # type: ignore[override]
         n, h, w, c = x.shape
         ho, wo = ty.shape[1], tx.shape[1]
-        y_tiles, x_tiles = _tiles(ty, _TILE), _tiles(tx, _TILE)
+        y_tiles, x_tiles = band_tiles(ty, _TILE), band_tiles(tx, _TILE)
         ymaps = x.new_empty(ty.shape[0], n, ho, w * c)
         xv = x.view(n, h, w * c)
         for j in range(ty.shape[0]):

@@ -18,7 +18,13 @@ The choice comes from a cost model (deterministic: the same shapes always take t
   considered while the filters' spectra (``C_out · C_in/g · P_h · (P_w/2 + 1)`` complex numbers, kept for the
   backward pass) stay under ``FFT_MAX_BYTES``.
 
-Override per layer with ``impl="dense"|"basis_first"|"fft"``.
+* separable: ``κ_sep · (M · C_in · C_out + I · K_x · C_in + J · K_y · C_out)`` — the combine (exact multiply-adds)
+  plus the two banded Toeplitz stages (``K`` = columns per block, ``min(size, SEPARABLE_TILE + 2R)``), groups = 1
+  only (:mod:`njet_layers.separable`).
+
+The factors ``KAPPA*`` / ``κ_sep`` are measured per device type and live in :mod:`njet_layers.cost_model`.
+
+Override per layer with ``impl="dense"|"basis_first"|"fft"|"separable"``.
 """
 
 from __future__ import annotations
@@ -30,15 +36,17 @@ import torch
 from torch import Tensor, nn
 
 from .basis import BasisOrder, axis_orders, basis_size
+from .cost_model import cost_table
 from .fft_conv import fft_size
+from .separable import SEPARABLE_TILE, supports_separable
 
 __all__ = [
     "FFT_MAX_BYTES", "IMPLS", "KAPPA", "KAPPA_FFT", "KAPPA_FFT_T", "Impl", "KernelCache", "basis_first_cost",
-    "choose_impl", "dense_cost", "fft_cost", "uses_grad",
+    "choose_impl", "dense_cost", "fft_cost", "separable_cost", "uses_grad",
 ]
 
-Impl = Literal["auto", "dense", "basis_first", "fft"]
-IMPLS: tuple[str, ...] = ("auto", "dense", "basis_first", "fft")
+Impl = Literal["auto", "dense", "basis_first", "fft", "separable"]
+IMPLS: tuple[str, ...] = ("auto", "dense", "basis_first", "fft", "separable")
 KAPPA: float = 5.0  # basis-first efficiency gap to a dense conv, measured on the project's CPU (module docstring)
 KAPPA_FFT: float = 19.0  # FFT path's efficiency gap per complex multiply-add (module docstring)
 KAPPA_FFT_T: float = 8.0  # weight of the per-call filter transforms (module docstring)
@@ -81,19 +89,33 @@ def fft_cost(
     return cost, 8 * in_per_group * out_channels * bins
 
 
+def separable_cost(
+    in_channels: int, out_channels: int, order: BasisOrder, radius: int, size: tuple[int, int], kappa: float,
+) -> float:
+    """Efficiency-weighted multiply-adds per output pixel of the separable path (see the module docstring)."""
+    n_x, n_y = axis_orders(order)
+    k_y, k_x = (min(s, SEPARABLE_TILE + 2 * radius) for s in size)
+    passes = (n_x + 1) * k_x * in_channels + (n_y + 1) * k_y * out_channels
+    return kappa * (basis_size(order) * in_channels * out_channels + passes)
+
+
 def choose_impl(
     in_channels: int, out_channels: int, groups: int, order: BasisOrder, radius: int, size: tuple[int, int],
-    out_size: tuple[int, int], batch: int | None = None,
-) -> Literal["dense", "basis_first", "fft"]:
-    """The path the cost model says is cheapest for this layer and input size (see the module docstring)."""
+    out_size: tuple[int, int], batch: int | None = None, device: torch.device | str | None = None,
+) -> Literal["dense", "basis_first", "fft", "separable"]:
+    """The path the cost model of ``device`` says is cheapest for this layer and input size (module docstring)."""
+    table = cost_table(device)
     cg = in_channels // groups
-    costs = {
-        "dense": dense_cost(cg, out_channels, radius),
-        "basis_first": basis_first_cost(in_channels, cg, out_channels, order, radius, size, out_size),
-    }
+    costs = {"dense": dense_cost(cg, out_channels, radius)}
+    if table.basis_first is not None:
+        costs["basis_first"] = (
+            basis_first_cost(in_channels, cg, out_channels, order, radius, size, out_size) * table.basis_first / KAPPA
+        )
     fft, spectrum_bytes = fft_cost(cg, out_channels, radius, size, out_size, batch)
-    if spectrum_bytes <= FFT_MAX_BYTES:
-        costs["fft"] = fft
+    if table.fft is not None and spectrum_bytes <= FFT_MAX_BYTES:
+        costs["fft"] = fft * table.fft / KAPPA_FFT
+    if table.separable is not None and supports_separable(in_channels, out_channels, groups):
+        costs["separable"] = separable_cost(in_channels, out_channels, order, radius, size, table.separable)
     return min(costs, key=costs.__getitem__)  # type: ignore[return-value]
 
 

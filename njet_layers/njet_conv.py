@@ -20,6 +20,7 @@ from .dispatch import IMPLS, Impl, KernelCache, choose_impl, uses_grad
 from .fft_conv import fft_conv2d
 from .sampled_conv import conv2d_at
 from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds, positive_scalar
+from .separable import Workspace, separable_conv2d, supports_separable
 
 __all__ = ["MAX_K", "MAX_KERNEL_SIZE", "NJetConv2d"]
 
@@ -67,14 +68,20 @@ class NJetConv2d(nn.Module):
             cost grows with σ²), ``"basis_first"`` (separable Gaussian-derivative maps shared by all output
             channels, then one matrix product with α; cost flat in σ, see :mod:`njet_layers.basis_first`) or
             ``"fft"`` (the composed kernel applied in the frequency domain, :mod:`njet_layers.fft_conv`; cost nearly
-            flat in σ, memory ``~C_out · C_in/g`` spectra of the padded image size) or ``"auto"`` (per call, the
-            cheapest for this input size from the cost model in :mod:`njet_layers.dispatch`). All give the same
-            output and gradients (to float rounding).
+            flat in σ, memory ``~C_out · C_in/g`` spectra of the padded image size), ``"separable"`` (1-D passes
+            and one combine GEMM with no ``M × C_in`` intermediate, :mod:`njet_layers.separable`; flat in σ;
+            ``groups=1`` only, other groupings run basis-first) or ``"auto"`` (per call, the cheapest for this
+            input size from the measured cost model of the device, :mod:`njet_layers.cost_model`). All give the
+            same output and gradients (to float rounding).
 
     Memory: basis-first keeps ``M`` derivative maps per input channel (``M×`` the input, 10× at order 3) for the
     backward pass. When those maps would exceed ``checkpoint_bytes`` (default 256 MiB) in training, the layer
     runs under :func:`torch.utils.checkpoint.checkpoint`: only the input is kept and the maps are recomputed in
     backward (about 1/3 more time for that layer, memory back to ~1× the input).
+
+    The separable path keeps ``J · C_in + I · C_out`` maps per pixel (``J``, ``I``: vertical and horizontal
+    orders) and, in training, reuses those buffers from one step to the next (a fresh large CPU allocation costs
+    page faults comparable to the GEMMs); ``eval()`` drops them.
 
     Eval mode caches the composed kernel until a parameter changes (in-place updates, ``load_state_dict``,
     ``.to()``), so repeated inference does not rebuild it.
@@ -130,6 +137,7 @@ class NJetConv2d(nn.Module):
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.impl: Impl = impl
         self._kernel_cache = KernelCache()
+        self._workspace = Workspace()
         self.sigma_bounds = bounds
         self.max_kernel_size = max_kernel_size
         factory = {"device": device, "dtype": dtype}
@@ -167,12 +175,21 @@ class NJetConv2d(nn.Module):
         """``(mix_x, mix_y)`` of an anchored tensor basis (float64), else None (:mod:`njet_layers.axis_filters`)."""
         if not is_tensor_basis(self.order):
             return None
-        units, radius = (int(v) for v in self.basis_anchor.tolist())
-        if radius == 0:
-            return None
-        n_x, n_y = axis_orders(self.order)
-        device = self.alpha.device
-        return anchored_mix(n_x + 1, units, radius, device), anchored_mix(n_y + 1, units, radius, device)
+        anchor = self.basis_anchor
+        # cached: reading the anchor is a device sync on CUDA; the key changes with every in-place write
+        # (orthonormalize_basis_, load_state_dict) and with .to() (new storage)
+        key = (anchor._version, anchor.data_ptr(), anchor.device, self.alpha.device)
+        cached = getattr(self, "_mixes_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        units, radius = (int(v) for v in anchor.tolist())
+        mixes = None
+        if radius != 0:
+            n_x, n_y = axis_orders(self.order)
+            device = self.alpha.device
+            mixes = anchored_mix(n_x + 1, units, radius, device), anchored_mix(n_y + 1, units, radius, device)
+        self._mixes_cache = (key, mixes)
+        return mixes
 
     def axis_filters(self) -> tuple[Tensor, Tensor]:
         """The 1-D filters ``(g_x, g_y)`` the basis is built from, at the current σ and radius, mixes applied."""
@@ -220,6 +237,8 @@ class NJetConv2d(nn.Module):
         if sampler is not None and self.stride == (1, 1) and sampler.samples_in_producer():
             return self._forward_sampled(x, sampler)
         impl = self.resolve_impl(tuple(x.shape[-2:]), batch=x.shape[0])
+        if impl == "separable":
+            return self._forward_separable(x)
         if impl == "basis_first":
             return self._forward_basis_first(x)
         if impl == "fft":
@@ -231,6 +250,8 @@ class NJetConv2d(nn.Module):
         ``"dense"``, ``"basis_first"`` or ``"fft"``."""
         if self.dilation != (1, 1):
             return "dense"  # the fast paths assume adjacent taps
+        if self.impl == "separable" and not supports_separable(self.in_channels, self.out_channels, self.groups):
+            return "basis_first"  # the separable path needs groups=1; basis-first computes the same
         if self.impl != "auto":
             return self.impl
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -240,7 +261,8 @@ class NJetConv2d(nn.Module):
             len(output_centers(n, radius, s, c)) for n, s, c in zip(size, self.stride, self.crop, strict=True)
         )
         return choose_impl(
-            self.in_channels, self.out_channels, self.groups, self.order, radius, size, out_size, batch=batch
+            self.in_channels, self.out_channels, self.groups, self.order, radius, size, out_size, batch=batch,
+            device=self.alpha.device,
         )
 
     def _dense_kernel(self) -> Tensor:
@@ -277,6 +299,19 @@ class NJetConv2d(nn.Module):
         full = tuple(n - 2 * c for n, c in zip(x.shape[-2:], self.crop, strict=True))
         rows, cols = sampler.sample_grid(full)
         return conv2d_at(x, weight, self.bias, rows, cols, pad, self.dilation, self.groups)  # type: ignore[arg-type]
+
+    def _forward_separable(self, x: Tensor) -> Tensor:
+        workspace = self._workspace if self.training and uses_grad(self) else None
+        return separable_conv2d(
+            x, self.alpha, self.sigma, self.order, self.radius, bias=self.bias, stride=self.stride, crop=self.crop,
+            mixes=self.mixes, workspace=workspace,
+        )
+
+    def train(self, mode: bool = True) -> NJetConv2d:
+        """As :meth:`torch.nn.Module.train`; leaving training drops the separable path's reusable buffers."""
+        if not mode:
+            self._workspace.clear()
+        return super().train(mode)
 
     def _forward_fft(self, x: Tensor) -> Tensor:
         radius = self.radius

@@ -26,7 +26,7 @@ def _grads(layer: NJetConv2d, x: torch.Tensor, upstream: torch.Tensor) -> tuple[
     return (out, *torch.autograd.grad(out, params, upstream))
 
 
-@pytest.mark.parametrize("impl", ["basis_first", "fft"])
+@pytest.mark.parametrize("impl", ["basis_first", "fft", "separable"])
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -59,7 +59,7 @@ def test_size_boundary_changes_radius() -> None:
     assert sizes == [3, 5, 5, 7]
 
 
-@pytest.mark.parametrize("impl", ["basis_first", "fft"])
+@pytest.mark.parametrize("impl", ["basis_first", "fft", "separable"])
 def test_float32_agreement(impl: str) -> None:
     dense, fast = _pair(impl, in_channels=8, out_channels=8, sigma=2.0)
     dense, fast = dense.float(), fast.float()
@@ -76,19 +76,21 @@ def test_fft_size_and_auto_choice() -> None:
     assert [fft_size(n) for n in (1, 7, 11, 13, 17, 49, 97)] == [1, 8, 12, 15, 18, 50, 100]
     with pytest.raises(ValueError, match="n must be positive"):
         fft_size(0)
-    assert choose_impl(64, 64, 1, 3, 4, (32, 32), (32, 32)) == "fft"  # 9x9 at 32 px
-    assert choose_impl(64, 64, 1, 3, 4, (32, 32), (32, 32), batch=32) == "fft"
-    assert choose_impl(64, 64, 1, 3, 4, (32, 32), (32, 32), batch=8) == "dense"  # filter transforms not amortised
-    assert NJetConv2d(64, 64, sigma=2.0).resolve_impl((32, 32), batch=8) == "dense"
+    # groups=2 (no separable path): 9x9 at 32 px
+    assert choose_impl(64, 64, 2, 3, 4, (32, 32), (32, 32)) == "fft"
+    assert choose_impl(64, 64, 2, 3, 4, (32, 32), (32, 32), batch=32) == "fft"
+    assert choose_impl(64, 64, 2, 3, 4, (32, 32), (32, 32), batch=8) == "dense"  # filter transforms not amortised
+    assert NJetConv2d(64, 64, sigma=2.0, groups=2).resolve_impl((32, 32), batch=8) == "dense"
+    assert choose_impl(64, 64, 1, 3, 4, (32, 32), (32, 32)) == "separable"  # groups=1: cheaper still
     assert fft_cost(256, 256, 8, (112, 112), (112, 112))[1] > FFT_MAX_BYTES
     assert choose_impl(256, 256, 1, 3, 8, (112, 112), (112, 112)) != "fft"
 
 
 def test_auto_avoids_dense_for_large_sigma() -> None:
-    assert choose_impl(64, 64, 1, 3, 8, (32, 32), (32, 32)) == "basis_first"
+    assert choose_impl(64, 64, 1, 3, 8, (32, 32), (32, 32)) == "separable"
     assert choose_impl(64, 64, 1, 3, 1, (32, 32), (32, 32)) == "dense"
     layer = NJetConv2d(16, 16, sigma=4.0)
-    assert layer.resolve_impl((32, 32)) in ("basis_first", "fft")
+    assert layer.resolve_impl((32, 32)) in ("basis_first", "fft", "separable")
     assert NJetConv2d(16, 16, sigma=0.5).resolve_impl((32, 32)) == "dense"
     with pytest.raises(ValueError, match="impl"):
         NJetConv2d(2, 2, impl="fast")  # type: ignore[arg-type]

@@ -75,7 +75,7 @@ def test_orthonormal_mix_keeps_the_kernel_and_float32_precision(size: int, sigma
     assert error <= 2e-6, f"float32 composition error {error:.2e}"
 
 
-@pytest.mark.parametrize("impl", ["dense", "basis_first", "fft"])
+@pytest.mark.parametrize("impl", ["dense", "basis_first", "fft", "separable"])
 def test_every_path_gives_the_original_convolution(impl: str) -> None:
     layer, weight = _exact_layer(5, 1.0, bias=True)
     layer.orthonormalize_basis_()
@@ -89,7 +89,7 @@ def test_gradcheck_through_the_mixed_basis() -> None:
     layer, _ = _exact_layer(3, 0.45, bias=True)
     layer.orthonormalize_basis_()
     x = torch.randn(1, 3, 7, 7, dtype=torch.float64)
-    for impl in ("dense", "basis_first"):
+    for impl in ("dense", "basis_first", "separable"):
         layer.impl = impl
 
         def run(alpha, log_sigma, bias):
