@@ -10,6 +10,11 @@ CPU (the project's 2-core AVX-512 machine, float32, forward + backward against `
 * ``separable`` ``κ = 1.6``: fitted from the order-3 jet (2.19× the 3×3 conv at σ = 1, 2.42× at σ = 4) and the
   tensor basis ``(2, 2)`` (1.91× at σ = 1, 1.93× at σ = 4) against their multiply-add counts (1.39×, 1.56×, 1.21×,
   1.33× the conv's): ``κ`` = 1.58, 1.56, 1.58, 1.45 — one factor within 10 % for both index sets and both σ;
+  Checked against the whole grid of ``benchmarks/layer_speed.py`` (same machine, loaded): right within ~15 % at
+  batch 32 and 64 channels; at batch 1 and at 32 channels the separable path runs 1.3–2× slower than this predicts
+  (per-call and per-pixel overheads the multiply-add model does not carry), so there ``auto`` can take it where
+  dense is slightly faster (order-3 jet, σ = 1, 32², batch 1: 3.1× vs dense 2.4×). A fit with an overhead term is
+  the next step;
 * ``basis_first`` ``κ = 5``, ``fft`` ``κ = 19`` (per complex multiply-add) and ``κ_T = 8`` (filter transforms):
   measured for those paths when they were written (see :mod:`njet_layers.dispatch`).
 
