@@ -226,8 +226,12 @@ class NJetConv2d(nn.Module):
         small high-order terms); the convolution itself may still run in reduced precision.
         """
         with torch.autocast(self.alpha.device.type, enabled=False):
-            basis = self.basis().to(self.alpha.dtype)
             out, in_per_group, m = self.alpha.shape
+            if is_tensor_basis(self.order):  # separable coefficients: g_yᵀ · α · g_x, no M×s×s basis
+                g_x, g_y = (g.to(self.alpha.dtype) for g in self.axis_filters())
+                coeffs = self.alpha.reshape(out * in_per_group, g_y.shape[0], g_x.shape[0])
+                return (g_y.T @ coeffs @ g_x).reshape(out, in_per_group, g_y.shape[1], g_x.shape[1])
+            basis = self.basis().to(self.alpha.dtype)
             # a plain matmul (not einsum) keeps α's gradient in α's own strides, as DDP's buckets expect
             return (self.alpha.reshape(out * in_per_group, m) @ basis.reshape(m, -1)).reshape(
                 out, in_per_group, *basis.shape[-2:])
