@@ -94,7 +94,7 @@ def choose_impl(
     fft, spectrum_bytes = fft_cost(cg, out_channels, radius, size, out_size, batch)
     if spectrum_bytes <= FFT_MAX_BYTES:
         costs["fft"] = fft
-    return min(costs, key=costs.__getitem__)  # type: ignore[return-value]
+    return min(costs, key=costs.__getitem__)  # type: ignore[arg-type]
 
 
 class KernelCache:
@@ -106,23 +106,23 @@ class KernelCache:
     """
 
     def __init__(self) -> None:
-        self._key: tuple | None = None
+        self._key: tuple[object, ...] | None = None
         self._value: Tensor | None = None
 
     @staticmethod
-    def key(params: tuple[Tensor | None, ...], radius: int) -> tuple:
+    def key(params: tuple[Tensor | None, ...], radius: int) -> tuple[object, ...]:
         """Identity of the parameters' current values."""
-        parts: list = [radius]
+        parts: list[object] = [radius]
         for p in params:
             if p is not None:
                 parts.append((p._version, p.data_ptr(), p.dtype, p.device, tuple(p.shape)))
         return tuple(parts)
 
-    def get(self, key: tuple) -> Tensor | None:
+    def get(self, key: tuple[object, ...]) -> Tensor | None:
         """The cached kernel for ``key``, or None."""
         return self._value if key == self._key else None
 
-    def put(self, key: tuple, value: Tensor) -> None:
+    def put(self, key: tuple[object, ...], value: Tensor) -> None:
         """Store ``value`` (detached) under ``key``."""
         self._key, self._value = key, value.detach()
 

@@ -7,6 +7,7 @@ scale per layer that sets both the filter's detail and its size ``s = 2 * ceil(k
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ def _pair(value: _Pair, name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or any(not isinstance(v, int) or v < 0 for v in pair):
         raise ValueError(f"{name} must be a non-negative int or a pair of them, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 class NJetConv2d(nn.Module):
@@ -75,6 +76,8 @@ class NJetConv2d(nn.Module):
     Eval mode caches the composed kernel until a parameter changes (in-place updates, ``load_state_dict``,
     ``.to()``), so repeated inference does not rebuild it.
     """
+
+    basis_anchor: Tensor  # buffer of tensor-basis layers: (σ₀ in units of ANCHOR_UNIT, radius at σ₀)
 
     checkpoint_bytes: int = 256 * 2**20
 
@@ -122,7 +125,7 @@ class NJetConv2d(nn.Module):
         self._kernel_cache = KernelCache()
         self.sigma_bounds = bounds
         self.max_kernel_size = max_kernel_size
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         num_basis = basis_size(order)  # validates order
         self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, num_basis, **factory))
         self.log_sigma = nn.Parameter(torch.tensor(math.log(sigma), **factory), requires_grad=learn_sigma)
@@ -184,7 +187,7 @@ class NJetConv2d(nn.Module):
                              "over-complete on small kernels and is not re-mixed")
         n_x, n_y = axis_orders(self.order)
         device = self.alpha.device
-        eye = {"dtype": torch.float64, "device": device}
+        eye: dict[str, Any] = {"dtype": torch.float64, "device": device}
         old = self.mixes or (torch.eye(n_x + 1, **eye), torch.eye(n_y + 1, **eye))
         units, radius = anchor_sigma(float(self.sigma)), self.radius
         new = (anchored_mix(n_x + 1, units, radius, device), anchored_mix(n_y + 1, units, radius, device))
@@ -206,7 +209,7 @@ class NJetConv2d(nn.Module):
                 out, in_per_group, *basis.shape[-2:])
 
     def forward(self, x: Tensor) -> Tensor:
-        impl = self.resolve_impl(tuple(x.shape[-2:]), batch=x.shape[0])
+        impl = self.resolve_impl((x.shape[-2], x.shape[-1]), batch=x.shape[0])
         if impl == "basis_first":
             return self._forward_basis_first(x)
         if impl == "fft":
@@ -218,14 +221,15 @@ class NJetConv2d(nn.Module):
         ``"dense"``, ``"basis_first"`` or ``"fft"``."""
         if self.impl != "auto":
             return self.impl
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # type: ignore[attr-defined,no-untyped-call]
             return "dense"  # exporters and compilers see one plain conv2d
         radius = self.radius
         out_size = tuple(
             len(output_centers(n, radius, s, c)) for n, s, c in zip(size, self.stride, self.crop, strict=True)
         )
         return choose_impl(
-            self.in_channels, self.out_channels, self.groups, self.order, radius, size, out_size, batch=batch
+            self.in_channels, self.out_channels, self.groups, self.order, radius, size, out_size,  # type: ignore[arg-type]
+            batch=batch
         )
 
     def _dense_kernel(self) -> Tensor:
@@ -251,7 +255,7 @@ class NJetConv2d(nn.Module):
 
         maps_bytes = x.numel() * x.element_size() * (basis_size(self.order) + axis_orders(self.order)[1] + 1)
         if self.training and uses_grad(self) and maps_bytes > self.checkpoint_bytes:
-            return checkpoint(run, x, use_reentrant=False)
+            return checkpoint(run, x, use_reentrant=False)  # type: ignore[no-any-return]
         return run(x)
 
     def _forward_fft(self, x: Tensor) -> Tensor:
@@ -296,12 +300,12 @@ class NJetConv2d(nn.Module):
             raise ValueError(f"crop={self.crop} exceeds the filter radius {radius}: not expressible as padding")
         conv = nn.Conv2d(
             self.in_channels, self.out_channels, weight.shape[-1], stride=self.stride,
-            padding=tuple(radius - c for c in self.crop), groups=self.groups, bias=self.bias is not None,
+            padding=tuple(radius - c for c in self.crop), groups=self.groups, bias=self.bias is not None,  # type: ignore[arg-type]
             device=weight.device, dtype=weight.dtype,
         )
         conv.weight.copy_(weight)
         if self.bias is not None:
-            conv.bias.copy_(self.bias)
+            conv.bias.copy_(self.bias)  # type: ignore[union-attr]
         return conv.train(self.training)
 
     def extra_repr(self) -> str:
