@@ -63,7 +63,7 @@ class ConvertConfig:
             ``pretrained_cfg["input_size"]``.
     """
 
-    order: int = 3
+    order: int | dict[str, int] = 3
     k: float = 2.0
     subsample: Literal["safe", "keep"] = "safe"
     include: Sequence[Rule] | Rule | None = None
@@ -124,8 +124,8 @@ class ConvertConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("include", "exclude",
                                                                                       "calibration_options", "recover")}
         out["recover"] = asdict(self.recover) if self.recover is not None else None
-        out["include"] = None if self.include is None else [describe_rule(r) for r in self.include]
-        out["exclude"] = None if self.exclude is None else [describe_rule(r) for r in self.exclude]
+        out["include"] = None if self.include is None else [describe_rule(r) for r in self.include]  # type: ignore[union-attr]
+        out["exclude"] = None if self.exclude is None else [describe_rule(r) for r in self.exclude]  # type: ignore[union-attr]
         opts = self.calibration_options
         out["calibration_options"] = asdict(opts) if hasattr(opts, "__dataclass_fields__") else None
         return out
