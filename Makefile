@@ -4,12 +4,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.njet-installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test data lint clean
+.PHONY: demo test data lint typecheck clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,dev]'
 	touch $@
 
 data: $(STAMP)
@@ -23,6 +23,10 @@ test: $(STAMP) data
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# njet_layers strict, njet_convert's public API and command line ([tool.mypy] in pyproject.toml)
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -137,8 +137,8 @@ class ConvertConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("include", "exclude",
                                                                                       "calibration_options", "recover")}
         out["recover"] = asdict(self.recover) if self.recover is not None else None
-        out["include"] = None if self.include is None else [describe_rule(r) for r in self.include]
-        out["exclude"] = None if self.exclude is None else [describe_rule(r) for r in self.exclude]
+        out["include"] = None if self.include is None else [describe_rule(r) for r in self.include]  # type: ignore[union-attr]
+        out["exclude"] = None if self.exclude is None else [describe_rule(r) for r in self.exclude]  # type: ignore[union-attr]
         opts = self.calibration_options
         out["calibration_options"] = asdict(opts) if hasattr(opts, "__dataclass_fields__") else None
         return out
@@ -210,7 +210,7 @@ def _order_value(value: Any, what: str) -> LayerOrder:
     from njet_layers.basis import MAX_ORDER
 
     if isinstance(value, str) and value.strip().lower() == EXACT:
-        return EXACT
+        return "exact"
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ORDER:
         raise ValueError(f"{what} must be an integer from 0 to {MAX_ORDER} (the paper uses 2..4) or 'exact', "
                          f"got {value!r}")
@@ -220,7 +220,7 @@ def _order_value(value: Any, what: str) -> LayerOrder:
 def _order_text(text: str) -> LayerOrder | dict[str, Any]:
     text = text.strip()
     if text.lower() == EXACT:
-        return EXACT
+        return "exact"
     if text.startswith("{"):
         try:
             loaded = json.loads(text)

@@ -115,7 +115,7 @@ def convert(
                                                                   for n, o in state.pairs.items()})
     report.seconds = time.perf_counter() - start
     setattr(out, ATTR, _record(out, model, state, source))
-    out.conversion_report = report
+    out.conversion_report = report  # type: ignore[assignment]
     return out, report
 
 
@@ -214,7 +214,7 @@ def rewrite(model: nn.Module, cfg: ConvertConfig, report: ConversionReport,
         report.traced = False
         report.untraced.append(f"<whole model: {reason}>")
     target = gm if gm is not None else work
-    state = SurgeryState(model=target, gm=gm, cfg=cfg, report=report, selector=Selector(cfg.include, cfg.exclude),
+    state = SurgeryState(model=target, gm=gm, cfg=cfg, report=report, selector=Selector(cfg.include, cfg.exclude),  # type: ignore[arg-type]
                          sigma_for=dict(sigma_for or {}))
     if gm is not None:
         state.in_graph = in_graph_modules(gm)
@@ -249,7 +249,7 @@ def _example_input(model: nn.Module, cfg: ConvertConfig, calibration: Any) -> Te
     size = cfg.input_size
     pretrained = getattr(model, "pretrained_cfg", None)
     if size is None and isinstance(pretrained, Mapping) and pretrained.get("input_size"):
-        size = tuple(int(v) for v in pretrained["input_size"])
+        size = tuple(int(v) for v in pretrained["input_size"])  # type: ignore[assignment]
     return torch.zeros(1, *size, dtype=dtype, device=device) if size else None
 
 
@@ -261,11 +261,11 @@ def _synthetic_calibration(model: nn.Module, cfg: ConvertConfig) -> Tensor:
     size = cfg.input_size
     pretrained = getattr(model, "pretrained_cfg", None)
     if size is None and isinstance(pretrained, Mapping) and pretrained.get("input_size"):
-        size = tuple(int(v) for v in pretrained["input_size"])
+        size = tuple(int(v) for v in pretrained["input_size"])  # type: ignore[assignment]
     if size is None:
         raise ValueError("calibration='synthetic' needs the input size: pass input_size=(C, H, W)")
     progress = (lambda line: print(line, flush=True)) if cfg.progress else None
-    return synthesize(model, SYNTHETIC_IMAGES, tuple(size), progress=progress)
+    return synthesize(model, SYNTHETIC_IMAGES, tuple(size), progress=progress)  # type: ignore[arg-type]
 
 
 def _images_of(data) -> Tensor:
@@ -307,17 +307,17 @@ def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, c
     fit_data, held = split_holdout(data, opts.holdout, opts.holdout_min)
     reference = logits(original, held) if held is not None and _tensor_output(original, held) else None
     if reference is not None:
-        state.report.fidelity["plain"] = stage_fidelity(out, reference, held)
+        state.report.fidelity["plain"] = stage_fidelity(out, reference, held)  # type: ignore[arg-type]
     results = {r.name: r for r in calibrate_layers(out, original, pairs, fit_data, progress=cfg.progress,
                                                    options=opts)}
     state.report.calibrated = True
     if "plain" in state.report.fidelity:
-        state.report.fidelity["calibrated"] = stage_fidelity(out, reference, held)
+        state.report.fidelity["calibrated"] = stage_fidelity(out, reference, held)  # type: ignore[arg-type]
     if cfg.recover is not None:
         if reference is None or reference.dim() != 2:
             raise ValueError("recover needs a classifier (logits [N, classes]) and a held-out slice of the "
                              "calibration images (calibration_options.holdout > 0, at least 2 images)")
-        _recover(out, original, state, _images_of(fit_data), held, reference, cfg)
+        _recover(out, original, state, _images_of(fit_data), held, reference, cfg)  # type: ignore[arg-type]
     for record in state.report.layers:
         result = results.get(record.name)
         if result is not None and result.fit is not None:
@@ -341,9 +341,9 @@ def _finish_report(out: nn.Module, state: SurgeryState, report: ConversionReport
     for record in report.layers:
         layer = modules[record.name]
         record.sigma, record.kernel_size, record.order = float(layer.sigma.detach()), layer.kernel_size, layer.order
-    for record in report.subsampling:
+    for record in report.subsampling:  # type: ignore[assignment]
         ss = modules[record.name]
-        record.factor, record.r, record.shift = ss.factor, ss.r, ss.shift
+        record.factor, record.r, record.shift = ss.factor, ss.r, ss.shift  # type: ignore[attr-defined]
     report.params_after = _count(out)
 
 

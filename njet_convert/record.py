@@ -45,7 +45,7 @@ _REQUIRED_OPTIONS = ("order", "k", "subsample", "interpolation", "match_size", "
 # ConvertConfig fields that describe how a conversion was fitted or selected, not the structure load rebuilds.
 _NOT_RESTORED = ("include", "exclude", "calibration_options", "progress", "fit")
 _CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
-_TV_VARIANTS = ({}, {"aux_logits": False}, {"aux_logits": False, "init_weights": False})
+_TV_VARIANTS: tuple[dict[str, Any], ...] = ({}, {"aux_logits": False}, {"aux_logits": False, "init_weights": False})
 
 TRUST_HINT = "pass trust_code=True to njet_convert.load (--trust-code on the command line) if you trust its source"
 
@@ -177,7 +177,7 @@ def architecture_of(model: nn.Module, source: str | Mapping[str, Any] | None = N
     cfg = getattr(model, "pretrained_cfg", None)
     arch = cfg.get("architecture") if isinstance(cfg, Mapping) else None
     if arch and _is_timm_model(arch):
-        kwargs = {"num_classes": int(model.num_classes)} if getattr(model, "num_classes", None) is not None else {}
+        kwargs = {"num_classes": int(model.num_classes)} if getattr(model, "num_classes", None) is not None else {}  # type: ignore[arg-type]
         return Architecture(f"timm:{arch}", kwargs)
     cls = type(model)
     found = torchvision_builder(original_shapes(model), cls.__module__) if resolve and _is_torchvision(cls) else None

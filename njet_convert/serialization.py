@@ -238,7 +238,7 @@ def _restore_subsampling(model: nn.Module, record: ConversionRecord) -> None:
                 raise ValueError(f"rebuilt model has no module {sub.source!r} (SafeSubsample source)")
             if names.get(id(mod.source)) != sub.source:
                 mod.link(modules[sub.source])
-        mod.r, mod.rounding, mod.mode = sub.r, sub.rounding, sub.mode
+        mod.r, mod.rounding, mod.mode = sub.r, sub.rounding, sub.mode  # type: ignore[assignment]
         if sub.shift is not None:
             mod.shift = sub.shift
         else:  # written before the shifted law: the unshifted law with its plain rounding and grid

@@ -71,7 +71,7 @@ def orthonormal_mix(num: int, sigma: float, radius: int) -> Tensor:
     g = gaussian_derivatives_1d(num - 1, torch.tensor(float(sigma), dtype=torch.float64), radius)
     chol = torch.linalg.cholesky(g @ g.T)
     eye = torch.eye(num, dtype=torch.float64)
-    return torch.linalg.solve_triangular(chol, eye, upper=False)
+    return torch.linalg.solve_triangular(chol, eye, upper=False)  # type: ignore[no-any-return]
 
 
 @torch.no_grad()
@@ -85,4 +85,4 @@ def remix_alpha(alpha: Tensor, order: tuple[int, int], old: Mixes, new: Mixes) -
     a = alpha.detach().double().reshape(*alpha.shape[:-1], n_y + 1, n_x + 1)
     left = torch.linalg.solve(new[1].double().T, old[1].double().T)  # M'_y⁻ᵀ M_yᵀ
     right = torch.linalg.solve(new[0].double().T, old[0].double().T).T  # M_x M'_x⁻¹
-    return (left @ a @ right).reshape(alpha.shape).to(alpha.dtype)
+    return (left @ a @ right).reshape(alpha.shape).to(alpha.dtype)  # type: ignore[no-any-return]

@@ -23,6 +23,7 @@ The separable stage has a hand-written backward (the same products transposed); 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -82,7 +83,7 @@ class _SeparableBasisMaps(torch.autograd.Function):
     """``[N, H, W, C]`` → ``[N, H', W', M, C]`` derivative maps through two Toeplitz stages (see module docstring)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, ty: Tensor, tx: Tensor, pairs: tuple[tuple[int, int], ...]) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, ty: Tensor, tx: Tensor, pairs: tuple[tuple[int, int], ...]) -> Tensor:
         n, h, w, c = x.shape
         ho, wo = ty.shape[1], tx.shape[1]
         y_tiles, x_tiles = band_tiles(ty, _TILE), band_tiles(tx, _TILE)
@@ -103,7 +104,7 @@ class _SeparableBasisMaps(torch.autograd.Function):
         return out.view(n, ho, wo, len(pairs), c)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         x, ymaps, ty, tx = ctx.saved_tensors
         y_tiles, x_tiles = ctx.tiles
         n, h, w, c = x.shape
@@ -191,7 +192,7 @@ def basis_first_conv2d(
     tx = toeplitz_1d(g_x, w, list(plan.centers_x))
     pairs = tuple(basis_orders(order))
     xl = x.permute(0, 2, 3, 1).contiguous()
-    maps = _SeparableBasisMaps.apply(xl, ty, tx, pairs)  # [N, H', W', M, C]
+    maps: Tensor = _SeparableBasisMaps.apply(xl, ty, tx, pairs)  # type: ignore[no-untyped-call]  # [N, H', W', M, C]
     ho, wo, num = maps.shape[1], maps.shape[2], len(pairs)
     a = alpha.to(x.dtype)
     if groups == 1:

@@ -116,7 +116,7 @@ def choose_impl(
         costs["fft"] = fft * table.fft / KAPPA_FFT
     if table.separable is not None and supports_separable(in_channels, out_channels, groups):
         costs["separable"] = separable_cost(in_channels, out_channels, order, radius, size, table.separable)
-    return min(costs, key=costs.__getitem__)  # type: ignore[return-value]
+    return min(costs, key=costs.__getitem__)  # type: ignore[arg-type]
 
 
 class KernelCache:
@@ -128,23 +128,23 @@ class KernelCache:
     """
 
     def __init__(self) -> None:
-        self._key: tuple | None = None
+        self._key: tuple[object, ...] | None = None
         self._value: Tensor | None = None
 
     @staticmethod
-    def key(params: tuple[Tensor | None, ...], radius: int) -> tuple:
+    def key(params: tuple[Tensor | None, ...], radius: int) -> tuple[object, ...]:
         """Identity of the parameters' current values."""
-        parts: list = [radius]
+        parts: list[object] = [radius]
         for p in params:
             if p is not None:
                 parts.append((p._version, p.data_ptr(), p.dtype, p.device, tuple(p.shape)))
         return tuple(parts)
 
-    def get(self, key: tuple) -> Tensor | None:
+    def get(self, key: tuple[object, ...]) -> Tensor | None:
         """The cached kernel for ``key``, or None."""
         return self._value if key == self._key else None
 
-    def put(self, key: tuple, value: Tensor) -> None:
+    def put(self, key: tuple[object, ...], value: Tensor) -> None:
         """Store ``value`` (detached) under ``key``."""
         self._key, self._value = key, value.detach()
 

@@ -28,6 +28,7 @@ choice (:mod:`njet_layers.dispatch`) caps it.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -75,7 +76,7 @@ class _FFTCorrelate(torch.autograd.Function):
     """'Same'-size correlation of ``x [N, C, H, W]`` with ``w [O, C/g, s, s]`` (zero padding), via FFTs."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, groups: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, w: Tensor, groups: int) -> Tensor:
         h, wd = x.shape[-2:]
         radius = (w.shape[-1] - 1) // 2
         size = (fft_size(h + 2 * radius), fft_size(wd + 2 * radius))
@@ -87,10 +88,10 @@ class _FFTCorrelate(torch.autograd.Function):
         y = torch.fft.irfft2(_channel_major(_cmm(xb, wb), p, q, groups), s=size)
         ctx.save_for_backward(xb, wb)
         ctx.meta = (groups, size, (h, wd), radius)
-        return y[..., :h, :wd]
+        return y[..., :h, :wd]  # type: ignore[no-any-return]
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         xb, wb = ctx.saved_tensors
         groups, size, (h, wd), radius = ctx.meta
         gs = torch.fft.rfft2(grad, s=size)  # [N, O, P, Q]
@@ -127,7 +128,7 @@ def fft_conv2d(
     """
     if weight.shape[-1] != weight.shape[-2] or weight.shape[-1] % 2 == 0:
         raise ValueError(f"weight must be square with an odd size, got {tuple(weight.shape)}")
-    out = _FFTCorrelate.apply(x, weight.to(x.dtype), groups)
+    out: Tensor = _FFTCorrelate.apply(x, weight.to(x.dtype), groups)  # type: ignore[no-untyped-call]
     if centers is not None:
         out = out[..., _as_slice(centers[0]), :][..., _as_slice(centers[1])]
     if bias is not None:

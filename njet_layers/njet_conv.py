@@ -7,6 +7,7 @@ scale per layer that sets both the filter's detail and its size ``s = 2 * ceil(k
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ def _pair(value: _Pair, name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or any(not isinstance(v, int) or v < 0 for v in pair):
         raise ValueError(f"{name} must be a non-negative int or a pair of them, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 class NJetConv2d(nn.Module):
@@ -86,6 +87,8 @@ class NJetConv2d(nn.Module):
     Eval mode caches the composed kernel until a parameter changes (in-place updates, ``load_state_dict``,
     ``.to()``), so repeated inference does not rebuild it.
     """
+
+    basis_anchor: Tensor  # buffer of tensor-basis layers: (σ₀ in units of ANCHOR_UNIT, radius at σ₀)
 
     checkpoint_bytes: int = 256 * 2**20
 
@@ -140,7 +143,7 @@ class NJetConv2d(nn.Module):
         self._workspace = Workspace()
         self.sigma_bounds = bounds
         self.max_kernel_size = max_kernel_size
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         num_basis = basis_size(order)  # validates order
         self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, num_basis, **factory))
         self.log_sigma = nn.Parameter(torch.tensor(math.log(sigma), **factory), requires_grad=learn_sigma)
@@ -181,7 +184,7 @@ class NJetConv2d(nn.Module):
         key = (anchor._version, anchor.data_ptr(), anchor.device, self.alpha.device)
         cached = getattr(self, "_mixes_cache", None)
         if cached is not None and cached[0] == key:
-            return cached[1]
+            return cached[1]  # type: ignore[no-any-return]
         units, radius = (int(v) for v in anchor.tolist())
         mixes = None
         if radius != 0:
@@ -211,7 +214,7 @@ class NJetConv2d(nn.Module):
                              "over-complete on small kernels and is not re-mixed")
         n_x, n_y = axis_orders(self.order)
         device = self.alpha.device
-        eye = {"dtype": torch.float64, "device": device}
+        eye: dict[str, Any] = {"dtype": torch.float64, "device": device}
         old = self.mixes or (torch.eye(n_x + 1, **eye), torch.eye(n_y + 1, **eye))
         units, radius = anchor_sigma(float(self.sigma)), self.radius
         new = (anchored_mix(n_x + 1, units, radius, device), anchored_mix(n_y + 1, units, radius, device))
@@ -240,7 +243,7 @@ class NJetConv2d(nn.Module):
         sampler = getattr(self, "_sampler", None)
         if sampler is not None and self.stride == (1, 1) and sampler.samples_in_producer():
             return self._forward_sampled(x, sampler)
-        impl = self.resolve_impl(tuple(x.shape[-2:]), batch=x.shape[0])
+        impl = self.resolve_impl((x.shape[-2], x.shape[-1]), batch=x.shape[0])
         if impl == "separable":
             return self._forward_separable(x)
         if impl == "basis_first":
@@ -258,15 +261,15 @@ class NJetConv2d(nn.Module):
             return "basis_first"  # the separable path needs groups=1; basis-first computes the same
         if self.impl != "auto":
             return self.impl
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # type: ignore[attr-defined,no-untyped-call]
             return "dense"  # exporters and compilers see one plain conv2d
         radius = self.radius
         out_size = tuple(
             len(output_centers(n, radius, s, c)) for n, s, c in zip(size, self.stride, self.crop, strict=True)
         )
         return choose_impl(
-            self.in_channels, self.out_channels, self.groups, self.order, radius, size, out_size, batch=batch,
-            device=self.alpha.device,
+            self.in_channels, self.out_channels, self.groups, self.order, radius, size, out_size,  # type: ignore[arg-type]
+            batch=batch, device=self.alpha.device,
         )
 
     def _dense_kernel(self) -> Tensor:
@@ -292,7 +295,7 @@ class NJetConv2d(nn.Module):
 
         maps_bytes = x.numel() * x.element_size() * (basis_size(self.order) + axis_orders(self.order)[1] + 1)
         if self.training and uses_grad(self) and maps_bytes > self.checkpoint_bytes:
-            return checkpoint(run, x, use_reentrant=False)
+            return checkpoint(run, x, use_reentrant=False)  # type: ignore[no-any-return]
         return run(x)
 
     def _forward_sampled(self, x: Tensor, sampler: nn.Module) -> Tensor:
@@ -301,7 +304,7 @@ class NJetConv2d(nn.Module):
         radius = (weight.shape[-1] - 1) // 2
         pad = tuple(d * radius - c for d, c in zip(self.dilation, self.crop, strict=True))
         full = tuple(n - 2 * c for n, c in zip(x.shape[-2:], self.crop, strict=True))
-        rows, cols = sampler.sample_grid(full)
+        rows, cols = sampler.sample_grid(full)  # type: ignore[operator]
         return conv2d_at(x, weight, self.bias, rows, cols, pad, self.dilation, self.groups)  # type: ignore[arg-type]
 
     def _forward_separable(self, x: Tensor) -> Tensor:
@@ -359,13 +362,13 @@ class NJetConv2d(nn.Module):
         if min(pad) < 0:
             raise ValueError(f"crop={self.crop} exceeds the filter radius {radius}: not expressible as padding")
         conv = nn.Conv2d(
-            self.in_channels, self.out_channels, weight.shape[-1], stride=self.stride, padding=pad,
+            self.in_channels, self.out_channels, weight.shape[-1], stride=self.stride, padding=pad,  # type: ignore[arg-type]
             dilation=self.dilation, groups=self.groups, bias=self.bias is not None, device=weight.device,
             dtype=weight.dtype,
         )
         conv.weight.copy_(weight)
         if self.bias is not None:
-            conv.bias.copy_(self.bias)
+            conv.bias.copy_(self.bias)  # type: ignore[union-attr]
         return conv.train(self.training)
 
     def extra_repr(self) -> str:

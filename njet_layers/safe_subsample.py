@@ -92,6 +92,8 @@ class SafeSubsample(nn.Module):
         antialias: low-pass before ``bilinear``/``bicubic`` downsampling.
     """
 
+    _source: nn.Module | None  # set with object.__setattr__: a linked module, not a submodule
+
     def __init__(
         self,
         r: float = 4.0,
@@ -153,7 +155,7 @@ class SafeSubsample(nn.Module):
     @property
     def sigma(self) -> Tensor:
         if self._source is not None:
-            return self._source.sigma
+            return self._source.sigma  # type: ignore[return-value]
         return bounded_sigma(self.log_sigma, self.sigma_bounds)
 
     def start_at(self, factor: float) -> None:
@@ -209,13 +211,13 @@ class SafeSubsample(nn.Module):
         """Whether the fused producer computes this subsampling now (the one decision both modules follow)."""
         if getattr(self, "_producer", None) is None or not self.training or self.mode != "nearest":
             return False
-        return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+        return not (torch.jit.is_tracing() or torch.compiler.is_compiling())  # type: ignore[attr-defined,no-untyped-call]
 
     def forward(self, x: Tensor) -> Tensor:
         if self.samples_in_producer():
             return x
         factor = self.factor
-        size = self.output_size(tuple(x.shape[-2:]))
+        size = self.output_size((x.shape[-2], x.shape[-1]))
         return resize(x, size, self.mode, (factor, factor), self.antialias, self.offset)
 
     def extra_repr(self) -> str:

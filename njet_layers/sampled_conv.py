@@ -29,8 +29,9 @@ def conv2d_at(x: Tensor, weight: Tensor, bias: Tensor | None, rows: Tensor, cols
         x = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
     grid = [_grid(idx + s) for idx, s in zip((rows, cols), shift, strict=True)]
     size = weight.shape[-2:]
-    if grid[0] is not None and grid[1] is not None and grid[0][1] == grid[1][1]:
-        (r0, step), (c0, _) = grid
+    row_grid, col_grid = grid
+    if row_grid is not None and col_grid is not None and row_grid[1] == col_grid[1]:
+        (r0, step), (c0, _) = row_grid, col_grid
         x = x[..., r0:, c0:]
         out = F.conv2d(x, weight, bias, step, 0, dilation, groups)
         return out[..., : rows.numel(), : cols.numel()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,13 +22,13 @@ class _ClampInward(torch.autograd.Function):
     """Clamp whose backward lets through gradients that move the value back inside ``[lo, hi]``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, lo: float, hi: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, lo: float, hi: float) -> Tensor:
         ctx.save_for_backward(x)
         ctx.lo, ctx.hi = lo, hi
         return x.clamp(lo, hi)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         (x,) = ctx.saved_tensors
         # Gradient descent moves x by -grad: above hi only a positive grad moves it down, below lo a negative one.
         blocked = ((x > ctx.hi) & (grad < 0)) | ((x < ctx.lo) & (grad > 0))
@@ -37,7 +38,7 @@ class _ClampInward(torch.autograd.Function):
 def bounded_sigma(log_sigma: Tensor, bounds: tuple[float, float]) -> Tensor:
     """σ = exp(log σ) clamped to ``bounds``; always inside the bounds whatever the raw parameter holds."""
     lo, hi = bounds
-    return _ClampInward.apply(log_sigma, math.log(lo), math.log(hi)).exp()
+    return _ClampInward.apply(log_sigma, math.log(lo), math.log(hi)).exp()  # type: ignore[no-any-return,no-untyped-call]
 
 
 def check_sigma_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
@@ -63,6 +64,6 @@ def positive_scalar(name: str, value: object) -> float:
         value = float(value.detach().reshape(()))
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a positive finite number, got {type(value).__name__} {value!r}")
-    if not value > 0 or not math.isfinite(value):
+    if not value > 0 or not math.isfinite(value):  # type: ignore[operator]
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)

@@ -28,6 +28,8 @@ Groups: ``groups == 1`` only; other groupings use :mod:`njet_layers.basis_first`
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -59,7 +61,7 @@ class Workspace:
     max_per_shape: int = 4
 
     def __init__(self) -> None:
-        self._free: dict[tuple, list[Tensor]] = {}
+        self._free: dict[tuple[Any, ...], list[Tensor]] = {}
 
     def take(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """An unused buffer of ``shape`` with ``like``'s dtype and device (a new one when none is free)."""
@@ -109,7 +111,7 @@ class _Separable(torch.autograd.Function):
     """``x [C, N, H, W]`` → ``[N, H', W', O]`` (channels-last storage) through the stages of the module docstring."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, ty: Tensor, tx: Tensor, a: Tensor, widths: tuple[int, ...], tile: int,  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, ty: Tensor, tx: Tensor, a: Tensor, widths: tuple[int, ...], tile: int,
                 workspace: Workspace | None) -> Tensor:
         c, n, h, w = x.shape
         num_j, ho, num_i, wo = ty.shape[0], ty.shape[1], tx.shape[0], tx.shape[1]
@@ -140,7 +142,7 @@ class _Separable(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, xmaps, zmaps, ty, tx, a = ctx.saved_tensors
         widths, tile, workspace = ctx.meta
         need_x, need_ty, need_tx, need_a = ctx.needs_input_grad[:4]
@@ -234,7 +236,7 @@ def separable_conv2d(
         tx = toeplitz_1d(g_x, w, list(plan.centers_x)).to(dtype)  # [I, W', W]
         a = _combine_weights(alpha.to(dtype), order)
         xt = x.to(dtype).transpose(0, 1).contiguous()  # [C, N, H, W]
-        out = _Separable.apply(xt, ty, tx, a, _widths(order), tile, workspace)  # [N, H', W', O]
+        out: Tensor = _Separable.apply(xt, ty, tx, a, _widths(order), tile, workspace)  # type: ignore[no-untyped-call]
         if bias is not None:
             out = out + bias.to(dtype)
         return out.permute(0, 3, 1, 2)

@@ -168,7 +168,7 @@ def freeze(
         elif isinstance(mod, MatchSize):
             replacements[name] = _freeze_match(name, mod, sizes.get(name), dynamic, report)
         elif type(mod) is nn.AdaptiveAvgPool2d and not dynamic and sizes.get(name):
-            size_in, size_out = sizes[name]
+            size_in, size_out = sizes[name]  # type: ignore[misc]
             if needs_matrix_pool(size_in, size_out):  # ONNX: only multiples export as AveragePool
                 replacements[name] = MatrixAdaptiveAvgPool2d(size_in, size_out)
                 report.resizes.append(FrozenResize(name, "AdaptiveAvgPool2d", "average", "matrix",
@@ -184,7 +184,7 @@ def freeze(
         report.folded_strides = fold_strides(work, _RESIZE_LEAVES)
     if example_input is not None and check:
         report.max_rel_error, report.tolerance = _check_match(reference, work, example_input, model)
-    work.freeze_report = report
+    work.freeze_report = report  # type: ignore[assignment]
     return work.eval()
 
 
@@ -284,7 +284,7 @@ def _strided_exact(factor: float, step: int, rounding: str, sizes: Iterable[int]
         count = _out_size(int(size), factor, rounding, margin)
         if count != _out_size(int(size), float(step), rounding):
             return False
-        if not torch.equal(_nearest_index(count, factor, int(size), "cpu", offset), torch.arange(count) * step):
+        if not torch.equal(_nearest_index(count, factor, int(size), "cpu", offset), torch.arange(count) * step):  # type: ignore[arg-type]
             return False
     return True
 

@@ -107,7 +107,7 @@ def export_onnx(
         model, example_input, dynamic_spatial=dynamic_spatial, form=form, check=False  # type: ignore[arg-type]
     )
     report = frozen.freeze_report
-    metadata = conversion_metadata(model, report, exporter, opset, dynamic_batch, dynamic_spatial)
+    metadata = conversion_metadata(model, report, exporter, opset, dynamic_batch, dynamic_spatial)  # type: ignore[arg-type]
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         raw = tmpdir / "export.onnx"
@@ -124,7 +124,7 @@ def export_onnx(
         os.replace(final, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-    return ExportResult(path, exporter, opset, dynamic_batch, dynamic_spatial, checks, metadata, report)
+    return ExportResult(path, exporter, opset, dynamic_batch, dynamic_spatial, checks, metadata, report)  # type: ignore[arg-type]
 
 
 def _check_path(path: str | os.PathLike) -> Path:
@@ -211,7 +211,7 @@ def _run_exporter(
             module, args, dynamo=True, opset_version=opset, input_names=in_names, output_names=out_names,
             dynamic_shapes=shapes if dims else None, verbose=False, external_data=False, optimize=True,
         )
-        program.save(str(dest), external_data=False)
+        program.save(str(dest), external_data=False)  # type: ignore[union-attr]
 
 
 def _blame(

@@ -187,7 +187,7 @@ class _Trainer:
         """One epoch (or the rest of a resumed one); True when a signal stopped it (a checkpoint was written)."""
         p = self.progress
         self.net.train()
-        totals, seen, start = EpochTotals(*p.partial), 0, time.perf_counter()
+        totals, seen, start = EpochTotals(*p.partial), 0, time.perf_counter()  # type: ignore[arg-type]
         batches = self.train_loader.epoch(p.epoch, p.step_in_epoch)
         bar = self._bar()
         for _ in range(p.step_in_epoch, self.steps_per_epoch):
@@ -239,7 +239,7 @@ class _Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-        target = y if y is not None else ref.argmax(1)
+        target = y if y is not None else ref.argmax(1)  # type: ignore[union-attr]
         hits = top1_correct(logits.detach(), target) if target.dim() == logits.dim() - 1 else (0, 0)
         return value, x.shape[0], hits
 
