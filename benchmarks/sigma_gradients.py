@@ -203,7 +203,8 @@ def filter_sensitivity(layer: NJetConv2d, weight: Tensor, delta: float) -> dict:
     probe = torch.zeros_like(w, requires_grad=True)
     (g,) = torch.autograd.grad(w, layer.log_sigma, probe, create_graph=True)
     (dw,) = torch.autograd.grad(g, probe)
-    out = {"dW": float(dw.norm() / w.detach().norm()), "alpha": float(layer.alpha.norm() / w.detach().norm())}
+    norm = w.detach().norm()
+    out = {"dW": float(dw.norm() / norm), "alpha": float(layer.alpha.detach().norm() / norm)}
     for sign in (-1, 1):
         out[f"refit{sign:+d}"] = _refit_residual(layer, weight, float(layer.sigma) * math.exp(sign * delta))
     return out
@@ -294,7 +295,7 @@ def _print_tables(title: str, original: nn.Module, models: dict, batches: list, 
     for basis, model in models.items():
         for r in alpha_undoes(model, batches, loss_fn, args.delta, args.alpha_steps, args.lr):
             print(f"| {basis} | {r['layer']} | {'up' if r['sign'] > 0 else 'down'} | {r['size']} | {r['dW']:.3f} | "
-                  " | ".join(f"{u:.2f}" for u in r["undone"]) + " |")
+                  + " | ".join(f"{u:.2f}" for u in r["undone"]) + " |")
     print(f"\n### {title}: the filter and the loss along σ at σ₀ (down / up: σ₀·e^(∓{args.delta:g}))\n")
     print("| basis | layer | \\|dW/dlog σ\\| / \\|W\\| | \\|α\\| / \\|W\\| | refit residual down / up | "
           "loss at σ₀ | loss α fixed down / up | loss α refit down / up |")
