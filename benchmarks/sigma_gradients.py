@@ -2,7 +2,7 @@
 
 docs/design.md, "Resolution learning from a converted start" reports these tables. For every N-Jet layer of a
 converted network (the real MNIST CNN, optionally MobileNetV2 with its ImageNet weights), for the paper's jet of
-order 3 and 4 (fitted by ``convert``) and the tensor basis of the kernel's own size (fitted exactly, same σ₀):
+order 3 and 4 and the tensor basis of the kernel's own size (``order="exact"``), all fitted by ``convert``:
 
 1. **gradients** on the fine-tuning task (opencv digits at 2×, where σ should grow; MobileNetV2: photos at 2×,
    distilled to the original at 1×): ``|dL/dlog σ|`` against α's, per parameter (RMS of ``dL/dα``) and relative
@@ -34,47 +34,13 @@ from njet_convert.data.opencv_digits import digits_split
 from njet_convert.models.real_weights import MNIST_MEAN, MNIST_STD, load_mnist_cnn
 from njet_layers import NJetConv2d
 
-__all__ = ["alpha_undoes", "exact_convert", "filter_sensitivity", "gradient_table", "main", "to_tensor_basis"]
-
-
-@torch.no_grad()
-def to_tensor_basis(layer: NJetConv2d, weight: Tensor, sigma: float | None = None) -> NJetConv2d:
-    """``layer`` rebuilt with the tensor basis of ``weight``'s own size at ``sigma`` (default: the layer's σ), its α
-    the exact least-squares fit of ``weight`` on the orthonormalised basis (docs/design.md, "Basis index sets")."""
-    kh, kw = weight.shape[-2:]
-    sigma = float(layer.sigma) if sigma is None else sigma
-    new = NJetConv2d(layer.in_channels, layer.out_channels, order=(kw - 1, kh - 1), sigma=sigma, k=layer.k,
-                     groups=layer.groups, bias=layer.bias is not None, stride=layer.stride, crop=layer.crop,
-                     sigma_bounds=layer.sigma_bounds, max_kernel_size=layer.max_kernel_size, impl=layer.impl)
-    new.orthonormalize_basis_()
-    basis = new.basis().double()
-    if basis.shape[-2:] != (kh, kw):
-        raise ValueError(f"σ={sigma:g} gives a {tuple(basis.shape[-2:])} support, the kernel is {kh}x{kw}")
-    alpha = torch.linalg.pinv(basis.reshape(basis.shape[0], -1).T) @ weight.double().reshape(-1, kh * kw).T
-    new.alpha.copy_(alpha.T.reshape(new.alpha.shape))
-    if layer.bias is not None:
-        new.bias.copy_(layer.bias)
-    return new.train(layer.training)
+__all__ = ["alpha_undoes", "exact_convert", "filter_sensitivity", "gradient_table", "loss_along_sigma", "main",
+           "sigma_as_scale"]
 
 
 def exact_convert(original: nn.Module, **options) -> nn.Module:
-    """``convert(original, order=4)`` with every N-Jet layer replaced by its exact tensor-basis fit at the same σ₀
-    (what ``convert(order="exact")`` builds; here by hand so the benchmark does not wait for it)."""
-    converted, _ = njet_convert.convert(original, order=4, **options)
-    weights = {n: m for n, m in original.named_modules() if isinstance(m, nn.Conv2d)}
-    for name, layer in list(converted.named_modules()):
-        if isinstance(layer, NJetConv2d) and name in weights:
-            _replace(converted, name, to_tensor_basis(layer, weights[name].weight))
-    return converted
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    old = model.get_submodule(name)
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-    for module in model.modules():  # SafeSubsample points driven by the old layer follow the new one
-        if getattr(module, "source", None) is old:
-            module.link(new)
+    """``convert(original, order="exact")``: per conv the tensor basis of its own kernel size, fitted exactly."""
+    return njet_convert.convert(original, order="exact", **options)[0]
 
 
 def _layers(model: nn.Module) -> list[tuple[str, NJetConv2d]]:

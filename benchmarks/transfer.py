@@ -6,7 +6,7 @@ start"):
 - **original**: the pretrained network fine-tuned as it is (the MNIST CNN gets an adaptive pool before its
   flatten, so that it runs at every size; at 1× it is the identity);
 - **converted, resolution learned**: every conv replaced by the tensor basis of its own kernel size, fitted exactly
-  (``convert(order="exact")``'s network, built by :func:`sigma_gradients.exact_convert`), each subsampling point on
+  (``convert(order="exact")``), each subsampling point on
   the covariant law (factor = stride · σ/σ₀), σ learned at ``--sigma-lr``;
 - **converted, σ frozen**: the same network with σ fixed (so with the original's sizes).
 
@@ -17,7 +17,7 @@ The data split is fixed before any tuning: training images are the first ``--tra
 Fashion-MNIST's training set, test images the first ``--test`` of its test set; images are resized as a whole
 (bilinear, antialiased when shrinking).
 
-    python benchmarks/transfer.py --quick            # MNIST CNN, 1000 train / 500 test, 1 epoch: < 10 min
+    python benchmarks/transfer.py --quick            # MNIST CNN, 2000 train / 500 test, 2 epochs: < 10 min
     python benchmarks/transfer.py                    # 4000 / 1000, 2 epochs
     python benchmarks/transfer.py --mobilenet        # also MobileNetV2 (ImageNet weights), reference size 56 px
 """
@@ -145,13 +145,14 @@ def _run(model: nn.Module, data: tuple, args, sigma_lr: float) -> dict:
     x_tr, y_tr, x_te, y_te = data
     before = stages(model)
     cfg = FinetuneConfig(lr=args.lr, sigma_lr=sigma_lr, batch_size=64, seed=0, warmup_epochs=0.1, progress=False,
-                         plots=False, tensorboard=False, max_steps_per_epoch=args.max_steps)
+                         plots=False, tensorboard=False, max_steps_per_epoch=args.max_steps,
+                         sigma_delay_epochs=args.sigma_delay)
     start = time.perf_counter()
     result = finetune(model, (x_tr, y_tr), epochs=args.epochs, config=cfg, device="cpu")
     seconds = (time.perf_counter() - start) / max(result.global_step, 1)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
-        export_onnx(model.eval(), path, x_te[:1], verify=False)
+        export_onnx(model.eval(), path, x_te[:1], dynamic_batch=False, verify=False)
         macs = onnx_multiply_adds(path)
     return {"acc": _accuracy(model, x_te, y_te), "before": before, "after": stages(model), "macs": macs,
             "step": seconds}
@@ -168,19 +169,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--sigma-lr", type=float, default=0.05, help="lr of log σ (SGD, momentum 0.9)")
+    parser.add_argument("--sigma-lr", type=float, default=0.01, help="lr of log σ (SGD, momentum 0.9)")
+    parser.add_argument("--sigma-delay", type=float, default=0.5, help="epochs σ is held while α adapts")
     parser.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch")
     parser.add_argument("--mobilenet", action="store_true", help="also MobileNetV2 (ImageNet weights)")
-    parser.add_argument("--quick", action="store_true", help="MNIST CNN, 1000 train / 500 test, 1 epoch")
+    parser.add_argument("--quick", action="store_true", help="MNIST CNN, 2000 train / 500 test, 2 epochs")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.train, args.test, args.epochs = 1000, 500, 1
+        args.train, args.test, args.epochs = 2000, 500, 2
     x_tr, y_tr, x_te, y_te = fashion_split(args.train, args.test)
     builders = {"MNIST CNN": _mnist_cnn, **({"MobileNetV2": _mobilenet} if args.mobilenet else {})}
     print(f"Fashion-MNIST, {args.train} train / {args.test} test (fixed split), {args.epochs} epoch(s), SGD lr "
-          f"{args.lr:g}, σ lr {args.sigma_lr:g}, batch 64, cosine\n")
+          f"{args.lr:g}, σ lr {args.sigma_lr:g} (held {args.sigma_delay:g} epochs), batch 64, cosine\n")
     print("| network | scale (px) | variant | test acc % | σ per stage before → after | factor per stage before → "
           "after | ONNX multiply-adds/image | s/step |")
     print("|---|---|---|---|---|---|---|---|")

@@ -23,7 +23,7 @@ import njet_convert
 from njet_convert.training import DistillConfig, FinetuneConfig, NonFiniteLossError, finetune
 from njet_convert.training.checkpoint import read_checkpoint
 from njet_convert.training.distill import distillation_loss
-from njet_convert.training.optim import build_optimizer, lr_factor, param_groups
+from njet_convert.training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 from njet_layers import NJetConv2d
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -198,6 +198,7 @@ def test_param_groups_schedule_and_sigma_bounds():
     assert [lr_factor(s, 10, 4, multistep) for s in (19, 20, 29, 30)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
     poly = FinetuneConfig(schedule="poly", poly_power=0.9)
     assert lr_factor(0, 10, 2, poly) == 1.0 and lr_factor(10, 10, 2, poly) == pytest.approx(0.5 ** 0.9)
+
     with pytest.raises(ValueError, match="milestones"):
         FinetuneConfig(schedule="multistep")
     adam = build_optimizer(model, FinetuneConfig(optimizer="adam", alpha_decay=1e-3))
@@ -258,3 +259,18 @@ def test_bad_inputs_raise_value_error(tmp_path):
 
     assert main(["pkg.mod:fn", "--finetune", "no-such-dataset"]) == 2
     assert njet_convert.finetune is finetune
+
+
+def test_sigma_delay_holds_sigma_while_alpha_learns():
+    model = _Tiny()
+    cfg = FinetuneConfig(lr=0.1, sigma_lr=0.05, sigma_delay_epochs=0.5, schedule="constant")
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, 10, 2, cfg)
+    lrs = []
+    for _ in range(7):
+        lrs.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+        optimizer.step()
+        scheduler.step()
+    assert [r["sigma"] for r in lrs] == [0.0] * 5 + [0.05] * 2 and all(r["alpha"] == 0.1 for r in lrs)
+    with pytest.raises(ValueError, match="sigma_delay_epochs"):
+        FinetuneConfig(sigma_delay_epochs=-1)
