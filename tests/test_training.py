@@ -198,7 +198,6 @@ def test_param_groups_schedule_and_sigma_bounds():
     assert [lr_factor(s, 10, 4, multistep) for s in (19, 20, 29, 30)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
     poly = FinetuneConfig(schedule="poly", poly_power=0.9)
     assert lr_factor(0, 10, 2, poly) == 1.0 and lr_factor(10, 10, 2, poly) == pytest.approx(0.5 ** 0.9)
-
     with pytest.raises(ValueError, match="milestones"):
         FinetuneConfig(schedule="multistep")
     adam = build_optimizer(model, FinetuneConfig(optimizer="adam", alpha_decay=1e-3))
