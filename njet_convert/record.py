@@ -41,6 +41,7 @@ ATTR = "njet_record"  # the one attribute a converted model carries besides ``co
 _DTYPES = ("float32", "float64", "float16", "bfloat16")
 _MODES = ("nearest", "bilinear", "bicubic", "area")
 _ROUNDINGS = ("ceil", "floor", "round")
+_LAWS = ("paper", "covariant")  # njet_layers.safe_subsample.LAWS (record.py does not import torch)
 _REQUIRED_OPTIONS = ("order", "k", "subsample", "interpolation", "match_size", "learn_sigma")
 # ConvertConfig fields that describe how a conversion was fitted or selected, not the structure load rebuilds.
 _NOT_RESTORED = ("include", "exclude", "calibration_options", "progress", "fit")
@@ -257,7 +258,7 @@ class LayerEntry:
 class SubsampleEntry:
     """One SafeSubsample: the NJetConv2d whose σ drives it (None: its own σ), r, original stride, rounding, mode,
     and the shift of a converted point's law (``None``: a folder written before the shifted law, which loads with
-    the paper's unshifted law)."""
+    the paper's unshifted law) and the law itself (``"paper"`` or ``"covariant"``; folders without it: paper)."""
 
     source: str | None
     r: float
@@ -265,6 +266,7 @@ class SubsampleEntry:
     rounding: str = "ceil"
     mode: str = "nearest"
     shift: float | None = None
+    law: str = "paper"
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> SubsampleEntry:
@@ -275,7 +277,8 @@ class SubsampleEntry:
         return cls(source=source, r=_number(data, "r", where, positive=True), stride=data.get("stride"),
                    rounding=_choice(data, "rounding", where, _ROUNDINGS, "ceil"),
                    mode=_choice(data, "mode", where, _MODES, "nearest"),
-                   shift=_number(data, "shift", where) if "shift" in data else None)
+                   shift=_number(data, "shift", where) if "shift" in data else None,
+                   law=_choice(data, "law", where, _LAWS, "paper"))
 
 
 @dataclass

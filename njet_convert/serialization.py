@@ -86,7 +86,7 @@ def current_record(model: nn.Module) -> ConversionRecord:
     for name, sub in record.subsampling.items():
         mod = modules.get(name)
         if isinstance(mod, SafeSubsample):
-            sub.r, sub.shift, sub.rounding, sub.mode = mod.r, mod.shift, mod.rounding, mod.mode
+            sub.r, sub.shift, sub.rounding, sub.mode, sub.law = mod.r, mod.shift, mod.rounding, mod.mode, mod.law
             sub.source = names.get(id(mod.source)) if mod.source is not None else None
     record.training = bool(model.training)
     param = next((p for p in model.parameters() if p.is_floating_point()), None)
@@ -238,7 +238,7 @@ def _restore_subsampling(model: nn.Module, record: ConversionRecord) -> None:
                 raise ValueError(f"rebuilt model has no module {sub.source!r} (SafeSubsample source)")
             if names.get(id(mod.source)) != sub.source:
                 mod.link(modules[sub.source])
-        mod.r, mod.rounding, mod.mode = sub.r, sub.rounding, sub.mode  # type: ignore[assignment]
+        mod.r, mod.rounding, mod.mode, mod.law = sub.r, sub.rounding, sub.mode, sub.law  # type: ignore[assignment]
         if sub.shift is not None:
             mod.shift = sub.shift
         else:  # written before the shifted law: the unshifted law with its plain rounding and grid

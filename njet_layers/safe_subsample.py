@@ -15,6 +15,14 @@ directions: its output size is ``ceil(s / factor - 1 / (2t))`` (``floor(s / fact
 and ``nearest`` keeps the pixels ``round(i * factor)``, ``i * t`` at the stride. Plain ``ceil`` and ``floor(i *
 factor)`` would change a size or the last rows the moment σ drops below σ₀ by any amount (measured on a converted
 MNIST CNN: a log σ move of −0.03 in one layer raised the loss from 0.16 to 1.1).
+
+A converted point may instead follow σ *covariantly* (``law="covariant"``): ``factor = t * sigma / sigma0``, i.e.
+``2 ** (log2(sigma) + shift)`` with ``shift = log2(t) - log2(sigma0)``. σ doubled (the filter dilated twice, the
+scale-space meaning of σ) doubles the factor, so a network shown a zoomed input can give the layers after the point
+the map sizes they were trained on. Its sensitivity is one octave of factor per octave of σ at every σ
+(``d log2(factor) / d log2(sigma) = 1``), the anchored rounding and grid above keep sizes still near σ₀, and σ's
+own bounds bound the factor. The paper's law stays the default, and the only law of networks built as N-Jet
+(docs/design.md, "Resolution learning from a converted start").
 """
 
 from __future__ import annotations
@@ -28,9 +36,11 @@ from torch import Tensor, nn
 
 from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds, positive_scalar
 
-__all__ = ["MatchSize", "SafeSubsample", "resize", "safe_output_size"]
+__all__ = ["LAWS", "Law", "MatchSize", "SafeSubsample", "resize", "safe_output_size"]
 
 Mode = Literal["nearest", "bilinear", "bicubic", "area"]
+Law = Literal["paper", "covariant"]
+LAWS = ("paper", "covariant")
 Rounding = Literal["ceil", "floor", "round"]
 _MODES = ("nearest", "bilinear", "bicubic", "area")
 _ROUNDINGS = {"ceil": math.ceil, "floor": math.floor, "round": round}
@@ -85,6 +95,8 @@ class SafeSubsample(nn.Module):
         r: the safe-subsampling hyper-parameter (paper: 4): σ must grow by ``r`` to halve the map once more.
         shift: a constant added to ``sigma / r`` in the exponent (0 in the paper). A converter sets it with
             :meth:`start_at` so the factor equals the original stride at the fitted σ.
+        law: ``"paper"`` (factor ``2 ** (sigma / r + shift)``) or ``"covariant"`` (``2 ** (log2(sigma) + shift)``:
+            the factor proportional to σ; for converted points, see the module docstring).
         sigma: fixed or initial σ when there is no ``source``.
         source: module with a ``sigma`` attribute (an ``NJetConv2d``) whose σ drives this subsampling.
         mode: ``nearest`` (strided sampling grid), ``bilinear``, ``bicubic`` or ``area``.
@@ -106,6 +118,7 @@ class SafeSubsample(nn.Module):
         antialias: bool = False,
         sigma_bounds: tuple[float, float] = DEFAULT_SIGMA_BOUNDS,
         shift: float = 0.0,
+        law: Law = "paper",
     ) -> None:
         super().__init__()
         r = positive_scalar("r", r)
@@ -125,6 +138,9 @@ class SafeSubsample(nn.Module):
             raise ValueError("learn_sigma=True needs its own sigma=, not a linked source=")
         if not math.isfinite(shift):
             raise ValueError(f"shift must be a finite number, got {shift!r}")
+        if law not in LAWS:
+            raise ValueError(f"law must be one of {LAWS}, got {law!r}")
+        self.law: Law = law
         self.r, self.mode, self.rounding, self.antialias = float(r), mode, rounding, antialias
         self.shift = float(shift)
         self.anchor: float | None = None  # the original stride of a converted point (set by start_at)
@@ -158,14 +174,33 @@ class SafeSubsample(nn.Module):
             return self._source.sigma  # type: ignore[return-value]
         return bounded_sigma(self.log_sigma, self.sigma_bounds)
 
-    def start_at(self, factor: float) -> None:
-        """Shift the law so that the factor is ``factor`` (the original stride) at the current σ (σ₀):
-        ``shift = log2(factor) - sigma0 / r``, so the factor becomes ``factor * 2 ** ((sigma - sigma0) / r)``; and
-        anchor sizes and sampling grid at that stride (see the module docstring)."""
+    def start_at(self, factor: float, law: Law | None = None) -> None:
+        """Shift the law (``law``: the module's own unless given) so that the factor is ``factor`` (the original
+        stride) at the current σ (σ₀): the paper's ``shift = log2(factor) - sigma0 / r`` makes the factor ``factor *
+        2 ** ((sigma - sigma0) / r)``, the covariant ``shift = log2(factor) - log2(sigma0)`` makes it ``factor *
+        sigma / sigma0``; and anchor sizes and sampling grid at that stride (see the module docstring)."""
         if not factor > 0 or not math.isfinite(factor):
             raise ValueError(f"factor must be a positive finite number, got {factor!r}")
-        self.shift = math.log2(factor) - float(self.sigma.detach()) / self.r
+        if law is not None and law not in LAWS:
+            raise ValueError(f"law must be one of {LAWS}, got {law!r}")
+        self.law = law or self.law
+        self.shift = math.log2(factor) - self._exponent(float(self.sigma.detach()))
         self.anchor = float(factor)
+
+    def use_law_(self, law: Law) -> SafeSubsample:
+        """Switch to ``law`` keeping the current factor, sizes and anchor (a converted point starts covariant by
+        ``use_law_("covariant")`` right after conversion: the network is unchanged, only how the factor will follow
+        σ from now on)."""
+        if law not in LAWS:
+            raise ValueError(f"law must be one of {LAWS}, got {law!r}")
+        factor = 2.0 ** (self._exponent(float(self.sigma.detach())) + self.shift)
+        self.law = law
+        self.shift = math.log2(factor) - self._exponent(float(self.sigma.detach()))
+        return self
+
+    def _exponent(self, sigma: float) -> float:
+        """``log2(factor) - shift``: ``sigma / r`` (the paper's law) or ``log2(sigma)`` (covariant)."""
+        return math.log2(sigma) if self.law == "covariant" else sigma / self.r
 
     @property
     def margin(self) -> float:
@@ -179,12 +214,13 @@ class SafeSubsample(nn.Module):
 
     @property
     def factor(self) -> float:
-        """The current subsampling factor ``2 ** (sigma / r + shift)`` (≥ 1 means shrinking).
+        """The current subsampling factor ``2 ** (sigma / r + shift)`` (covariant law: ``2 ** (log2(sigma) +
+        shift)``; ≥ 1 means shrinking).
 
         Within 1e-5 (relative) of an integer it is that integer: float32 σ drifts in the last bits, and an exact
         integer factor keeps output sizes and the strided-pixel grid of the original network.
         """
-        factor = 2.0 ** (float(self.sigma.detach()) / self.r + self.shift)
+        factor = 2.0 ** (self._exponent(float(self.sigma.detach())) + self.shift)
         nearest = round(factor)
         return float(nearest) if nearest >= 1 and abs(factor - nearest) < 1e-5 * factor else factor
 
@@ -225,6 +261,7 @@ class SafeSubsample(nn.Module):
         return (
             f"r={self.r:.4g}, shift={self.shift:.4g}, sigma={float(self.sigma.detach()):.4g}, "
             f"factor={self.factor:.4g}, anchor={self.anchor}, {where}, "
+            + (f"law={self.law!r}, " if self.law != "paper" else "") +
             f"mode={self.mode!r}, rounding={self.rounding!r}"
         )
 

@@ -204,3 +204,70 @@ def test_cli_takes_r_and_builds_untrained_layers_at_the_recipes_sigma(tmp_path) 
     assert {layer["sigma"] for layer in report["layers"]} == {1.0}  # the recipe's convert.sigma, not a fit
     bad = subprocess.run([*cmd, "--r", "0"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert bad.returncode == 2 and "--r" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _covariant(model: nn.Module) -> nn.Module:
+    for ss in _subsamples(model).values():
+        ss.use_law_("covariant")
+    return model
+
+
+@pytest.mark.parametrize("sigma0", [0.28, 0.5, 1.7])
+def test_covariant_law_doubles_the_factor_when_sigma_doubles(sigma0: float) -> None:
+    ss = SafeSubsample(r=4.0, sigma=sigma0, law="covariant", sigma_bounds=(0.1, 8.0))
+    ss.start_at(2.0)
+    assert ss.factor == 2.0 and ss.shift == pytest.approx(1.0 - math.log2(sigma0))
+    for scale in (2.0, 0.5, 1.3):
+        with torch.no_grad():
+            ss.log_sigma.fill_(math.log(sigma0 * scale))
+        assert ss.factor == pytest.approx(2.0 * scale, rel=1e-6)  # d log2(factor) / d log2(σ) = 1 at any σ₀
+    with pytest.raises(ValueError, match="law"):
+        SafeSubsample(sigma=1.0, law="linear")
+    with pytest.raises(ValueError, match="law"):
+        ss.start_at(2.0, law="linear")
+
+
+def test_switching_law_keeps_the_converted_network_and_follows_sigma_covariantly() -> None:
+    model = _converted()
+    x = torch.randn(2, 3, 31, 31)
+    with torch.no_grad():
+        before = model(x)
+        assert torch.equal(_covariant(model)(x), before)  # the converted network still starts as the original
+    subs = _subsamples(model)
+    assert all(m.law == "covariant" and m.factor == 2.0 and m.anchor == 2.0 for m in subs.values())
+    layer = model.down
+    with torch.no_grad():
+        layer.log_sigma += math.log(2.0)
+    assert subs["down_subsample"].factor == pytest.approx(4.0, rel=1e-5) == subs["short_subsample"].factor
+    assert all(m.factor == pytest.approx(4.0, rel=1e-5) for m in subs.values() if m.source is layer)
+    with torch.no_grad():
+        model.stem.log_sigma += math.log(3.0)  # no point follows the stem: nothing else moves
+    assert subs["down_subsample"].factor == pytest.approx(4.0, rel=1e-5)
+    with torch.no_grad():
+        layer.log_sigma -= math.log(2.0) - 0.01  # near σ₀ the anchored sizes and grid hold
+    assert subs["down_subsample"].output_size((31, 31)) == (16, 16)
+
+
+def test_covariant_law_survives_save_load_freeze_and_onnx(tmp_path) -> None:
+    model = _covariant(_converted())
+    _move_sigma(model, "down", 0.2)
+    save(model, tmp_path / "m")
+    record = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert record["subsampling"]["down_subsample"]["law"] == "covariant"
+    back = load(tmp_path / "m", trust_code=True)  # the test module's own architecture
+    for name, ss in _subsamples(model).items():
+        other = _subsamples(back)[name]
+        assert (other.law, other.shift, other.factor) == (ss.law, ss.shift, ss.factor)
+    x = torch.randn(1, 3, 29, 29)
+    with torch.no_grad():
+        assert torch.equal(model(x), back(x))
+        torch.testing.assert_close(freeze(model, x)(x), model(x), rtol=1e-4, atol=1e-5)
+    result = export_onnx(model, tmp_path / "m.onnx", x, verify=True)
+    subs = {s["name"]: s for s in json.loads(result.metadata["njet.subsampling"])}
+    sigma0 = float(model.down.sigma.detach()) - 0.2
+    expected = 2.0 * float(model.down.sigma.detach()) / sigma0
+    assert subs["down_subsample"]["factor"] == pytest.approx(expected, rel=1e-4)
+    record["subsampling"]["down_subsample"].pop("law")  # folders written before the law was recorded
+    (tmp_path / "m" / "config.json").write_text(json.dumps(record))
+    (tmp_path / "m" / "manifest.json").unlink()
+    assert _subsamples(load(tmp_path / "m", trust_code=True))["down_subsample"].law == "paper"

@@ -23,7 +23,7 @@ import njet_convert
 from njet_convert.training import DistillConfig, FinetuneConfig, NonFiniteLossError, finetune
 from njet_convert.training.checkpoint import read_checkpoint
 from njet_convert.training.distill import distillation_loss
-from njet_convert.training.optim import build_optimizer, lr_factor, param_groups
+from njet_convert.training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 from njet_layers import NJetConv2d
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -261,3 +261,18 @@ def test_bad_inputs_raise_value_error(tmp_path):
 
     assert main(["pkg.mod:fn", "--finetune", "no-such-dataset"]) == 2
     assert njet_convert.finetune is finetune
+
+
+def test_sigma_delay_holds_sigma_while_alpha_learns():
+    model = _Tiny()
+    cfg = FinetuneConfig(lr=0.1, sigma_lr=0.05, sigma_delay_epochs=0.5, schedule="constant")
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, 10, 2, cfg)
+    lrs = []
+    for _ in range(7):
+        lrs.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+        optimizer.step()
+        scheduler.step()
+    assert [r["sigma"] for r in lrs] == [0.0] * 5 + [0.05] * 2 and all(r["alpha"] == 0.1 for r in lrs)
+    with pytest.raises(ValueError, match="sigma_delay_epochs"):
+        FinetuneConfig(sigma_delay_epochs=-1)

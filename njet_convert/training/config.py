@@ -37,7 +37,9 @@ class FinetuneConfig:
 
     Parameter groups (see :mod:`njet_convert.training.optim`): α of every NJetConv2d decays with ``alpha_decay``
     (paper: 1e-4 ResNet, 1e-3 ALLCNN, 1e-2 NIN), σ (``log_sigma``) learns at ``sigma_lr`` (default ``lr``) with
-    ``sigma_decay`` (default none), batch-norm weights and biases never decay, other weights use ``weight_decay``.
+    ``sigma_decay`` (default none), held for the first ``sigma_delay_epochs`` (a converted network's new head or
+    new data gives σ large, meaningless gradients before α has adapted: docs/design.md, "Resolution learning from a
+    converted start"), batch-norm weights and biases never decay, other weights use ``weight_decay``.
     """
 
     lr: float = 0.01
@@ -49,6 +51,7 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     alpha_decay: float = 1e-4
     sigma_decay: float = 0.0
+    sigma_delay_epochs: float = 0.0  # σ held (lr 0) for this many epochs while α adapts, then on the schedule
     schedule: Literal["cosine", "step", "multistep", "poly", "constant"] = "cosine"
     warmup_epochs: float = 0.0  # linear warm-up from ``warmup_start * lr``; fractional epochs allowed
     warmup_start: float = 0.1
@@ -83,7 +86,8 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be positive, got {value!r}")
         if self.sigma_lr is not None and not self.sigma_lr >= 0:
             raise ValueError(f"sigma_lr must be >= 0, got {self.sigma_lr!r}")
-        for name in ("weight_decay", "alpha_decay", "sigma_decay", "warmup_epochs", "momentum", "label_smoothing"):
+        for name in ("weight_decay", "alpha_decay", "sigma_decay", "warmup_epochs", "momentum", "label_smoothing",
+                     "sigma_delay_epochs"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

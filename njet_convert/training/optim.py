@@ -17,7 +17,7 @@ from njet_layers import NJetConv2d, SafeSubsample
 
 from .config import FinetuneConfig
 
-__all__ = ["GROUP_NAMES", "build_optimizer", "build_scheduler", "lr_factor", "param_groups"]
+__all__ = ["GROUP_NAMES", "build_optimizer", "build_scheduler", "lr_factor", "param_groups", "sigma_factor"]
 
 GROUP_NAMES = ("alpha", "sigma", "no_decay", "decay")
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -91,7 +91,20 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, config: FinetuneConf
 def build_scheduler(
     optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, config: FinetuneConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step :class:`~torch.optim.lr_scheduler.LambdaLR` following :func:`lr_factor`."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, config)
-    )
+    """A per-step :class:`~torch.optim.lr_scheduler.LambdaLR` following :func:`lr_factor`; the σ group is held at
+    lr 0 for its first ``config.sigma_delay_epochs`` (:func:`sigma_factor`)."""
+    def common(step: int) -> float:
+        return lr_factor(step, steps_per_epoch, epochs, config)
+
+    def sigma(step: int) -> float:
+        return sigma_factor(step, steps_per_epoch, epochs, config)
+
+    lambdas = [sigma if group.get("name") == "sigma" else common for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def sigma_factor(step: int, steps_per_epoch: int, epochs: int, config: FinetuneConfig) -> float:
+    """Multiplier of the σ group's lr: 0 during the first ``sigma_delay_epochs``, then :func:`lr_factor`."""
+    if step < round(config.sigma_delay_epochs * steps_per_epoch):
+        return 0.0
+    return lr_factor(step, steps_per_epoch, epochs, config)

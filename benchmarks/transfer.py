@@ -1,0 +1,206 @@
+"""Is converting worth it for my data? Real pretrained weights fine-tuned on Fashion-MNIST at 1×, 2× and 0.5×.
+
+Per scale, side by side at the same number of steps (docs/design.md, "Resolution learning from a converted
+start"):
+
+- **original**: the pretrained network fine-tuned as it is (the MNIST CNN gets an adaptive pool before its
+  flatten, so that it runs at every size; at 1× it is the identity);
+- **converted, resolution learned**: every conv replaced by the tensor basis of its own kernel size, fitted exactly
+  (``convert(order="exact")``), each subsampling point on
+  the covariant law (factor = stride · σ/σ₀), σ learned at ``--sigma-lr``;
+- **converted, σ frozen**: the same network with σ fixed (so with the original's sizes).
+
+Columns: test accuracy, σ and subsampling factor per stage before → after, multiply-adds per image of the
+exported ONNX model (counted from its Conv / Gemm / MatMul nodes), seconds per training step.
+
+The data split is fixed before any tuning: training images are the first ``--train`` of a seed-0 permutation of
+Fashion-MNIST's training set, test images the first ``--test`` of its test set; images are resized as a whole
+(bilinear, antialiased when shrinking).
+
+    python benchmarks/transfer.py --quick            # MNIST CNN, 2000 train / 500 test, 2 epochs: < 10 min
+    python benchmarks/transfer.py                    # 4000 / 1000, 2 epochs
+    python benchmarks/transfer.py --mobilenet        # also MobileNetV2 (ImageNet weights), reference size 56 px
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from sigma_gradients import exact_convert
+
+from njet_convert import export_onnx
+from njet_convert.data.fashion_mnist import load_fashion_mnist
+from njet_convert.models.real_weights import MNIST_MEAN, MNIST_STD, load_mnist_cnn, load_mobilenet_v2
+from njet_convert.training import FinetuneConfig, finetune
+from njet_layers import NJetConv2d, SafeSubsample
+
+__all__ = ["fashion_split", "main", "onnx_multiply_adds", "resized", "stages"]
+
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def fashion_split(n_train: int, n_test: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The fixed split: ``[N, 1, 28, 28]`` images in [0, 1] and labels (see the module doc)."""
+    x_tr, y_tr = load_fashion_mnist("train")
+    x_te, y_te = load_fashion_mnist("test")
+    order = torch.randperm(x_tr.shape[0], generator=torch.Generator().manual_seed(0))[:n_train]
+    return x_tr[order, None], y_tr[order], x_te[:n_test, None], y_te[:n_test]
+
+
+def resized(x: Tensor, size: int) -> Tensor:
+    """Images resized to ``size``×``size`` (bilinear, antialiased when shrinking)."""
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1])
+
+
+def stages(model: nn.Module) -> list[tuple[float, float]]:
+    """(σ, factor) of every subsampling point (σ of the N-Jet layer that drives it), in network order."""
+    return [(float(m.sigma.detach()), m.factor) for m in model.modules() if isinstance(m, SafeSubsample)]
+
+
+def onnx_multiply_adds(path: Path) -> int:
+    """Multiply-adds of one image through an ONNX file exported with batch 1: Conv, Gemm and MatMul nodes."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    graph = model.graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*graph.value_info, *graph.input, *graph.output]}
+    shapes.update({t.name: list(t.dims) for t in graph.initializer})
+    total = 0
+    for node in graph.node:
+        if node.op_type == "Conv":
+            out, weight = shapes[node.output[0]], shapes[node.input[1]]
+            total += math.prod(out) * math.prod(weight[1:])
+        elif node.op_type in ("Gemm", "MatMul"):
+            a = shapes[node.input[0]]
+            total += math.prod(shapes[node.output[0]]) * a[-1]
+    return total
+
+
+class _Pinned(nn.Module):
+    """The MNIST CNN with an adaptive pool to its 3×3 flatten size, so the original runs at any input size."""
+
+    def __init__(self, cnn: nn.Module) -> None:
+        super().__init__()
+        self.conv_layers, self.pin, self.fc_layers = cnn.conv_layers, nn.AdaptiveAvgPool2d(3), cnn.fc_layers
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc_layers(self.pin(self.conv_layers(x)).flatten(1))
+
+
+def _mnist_cnn() -> tuple[nn.Module, nn.Module, dict]:
+    original = load_mnist_cnn()
+    return _Pinned(copy.deepcopy(original)), exact_convert(original, input_size=(1, 28, 28)), {"ref": 28}
+
+
+def _mobilenet() -> tuple[nn.Module, nn.Module, dict]:
+    original = load_mobilenet_v2()
+    original.classifier[-1] = nn.Linear(original.classifier[-1].in_features, 10)
+    return copy.deepcopy(original), exact_convert(original, input_size=(3, 56, 56)), {"ref": 56, "rgb": True}
+
+
+def _prepare(x: Tensor, size: int, info: dict) -> Tensor:
+    x = resized(x, size)
+    if info.get("rgb"):
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in _IMAGENET)
+        return (x.expand(-1, 3, -1, -1) - mean) / std
+    return (x - MNIST_MEAN) / MNIST_STD
+
+
+def _covariant(model: nn.Module) -> nn.Module:
+    for point in model.modules():
+        if isinstance(point, SafeSubsample) and point.anchor is not None:
+            point.use_law_("covariant")
+    return model
+
+
+def _freeze_sigma(model: nn.Module) -> nn.Module:
+    for layer in model.modules():
+        if isinstance(layer, NJetConv2d):
+            layer.log_sigma.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    model.eval()
+    return 100.0 * float(torch.cat([model(b).argmax(1) for b in x.split(250)]).eq(y).float().mean())
+
+
+def _run(model: nn.Module, data: tuple, args, sigma_lr: float) -> dict:
+    x_tr, y_tr, x_te, y_te = data
+    before = stages(model)
+    cfg = FinetuneConfig(lr=args.lr, sigma_lr=sigma_lr, batch_size=64, seed=0, warmup_epochs=0.1, progress=False,
+                         plots=False, tensorboard=False, max_steps_per_epoch=args.max_steps,
+                         sigma_delay_epochs=args.sigma_delay)
+    start = time.perf_counter()
+    result = finetune(model, (x_tr, y_tr), epochs=args.epochs, config=cfg, device="cpu")
+    seconds = (time.perf_counter() - start) / max(result.global_step, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        export_onnx(model.eval(), path, x_te[:1], dynamic_batch=False, verify=False)
+        macs = onnx_multiply_adds(path)
+    return {"acc": _accuracy(model, x_te, y_te), "before": before, "after": stages(model), "macs": macs,
+            "step": seconds}
+
+
+def _fmt(values: list[tuple[float, float]], which: int) -> str:
+    return " ".join(f"{v[which]:.2f}" for v in values) or "-"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0, 0.5])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train", type=int, default=4000)
+    parser.add_argument("--test", type=int, default=1000)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--sigma-lr", type=float, default=0.01, help="lr of log σ (SGD, momentum 0.9)")
+    parser.add_argument("--sigma-delay", type=float, default=0.5, help="epochs σ is held while α adapts")
+    parser.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch")
+    parser.add_argument("--mobilenet", action="store_true", help="also MobileNetV2 (ImageNet weights)")
+    parser.add_argument("--quick", action="store_true", help="MNIST CNN, 2000 train / 500 test, 2 epochs")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.train, args.test, args.epochs = 2000, 500, 2
+    x_tr, y_tr, x_te, y_te = fashion_split(args.train, args.test)
+    builders = {"MNIST CNN": _mnist_cnn, **({"MobileNetV2": _mobilenet} if args.mobilenet else {})}
+    print(f"Fashion-MNIST, {args.train} train / {args.test} test (fixed split), {args.epochs} epoch(s), SGD lr "
+          f"{args.lr:g}, σ lr {args.sigma_lr:g} (held {args.sigma_delay:g} epochs), batch 64, cosine\n")
+    print("| network | scale (px) | variant | test acc % | σ per stage before → after | factor per stage before → "
+          "after | ONNX multiply-adds/image | s/step |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, build in builders.items():
+        for scale in args.scales:
+            original, converted, info = build()
+            size = max(4, round(info["ref"] * scale))
+            data = (_prepare(x_tr, size, info), y_tr, _prepare(x_te, size, info), y_te)
+            variants = {"original": (original, args.lr),
+                        "converted, resolution learned": (_covariant(copy.deepcopy(converted)), args.sigma_lr),
+                        "converted, σ frozen": (_freeze_sigma(copy.deepcopy(converted)), 0.0)}
+            for variant, (model, sigma_lr) in variants.items():
+                torch.manual_seed(0)
+                r = _run(model, data, args, sigma_lr)
+                print(f"| {name} | {scale:g}× ({size}) | {variant} | {r['acc']:.1f} | {_fmt(r['before'], 0)} → "
+                      f"{_fmt(r['after'], 0)} | {_fmt(r['before'], 1)} → {_fmt(r['after'], 1)} | "
+                      f"{r['macs'] / 1e6:.2f} M | {r['step']:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
