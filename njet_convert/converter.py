@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample
 from njet_layers.basis import is_tensor_basis
 
-from .config import ConvertConfig
+from .config import ConvertConfig, OrderSpec
 from .errors import first_line
 from .order_advice import recommend_orders
 from .record import ATTR, ConversionRecord, LayerEntry, SubsampleEntry, architecture_of, original_shapes
@@ -67,7 +67,7 @@ _DEFAULT: Any = _Default()
 
 def convert(
     model: nn.Module,
-    order: int = _DEFAULT,
+    order: OrderSpec = _DEFAULT,
     k: float = _DEFAULT,
     calibration: Tensor | Iterable | None = None,
     subsample: str = _DEFAULT,
