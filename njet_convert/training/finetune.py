@@ -9,6 +9,8 @@ sampler and RNG state — on CPU the final weights equal those of an uninterrupt
 
 from __future__ import annotations
 
+import gc
+
 import math
 import random
 import sys
@@ -115,9 +117,14 @@ def finetune(
     state = read_checkpoint(resume, model) if resume is not None else None  # validate before touching anything
     ctx = setup_distributed(device)
     try:
-        result = _Trainer(model, train_data, val_data, epochs, config, teacher, out_dir, ctx, loss_fn).run(state)
-        # Every rank leaves the group together: rank 0 still writes plots and measures multiply-adds after the last
-        # step, and a rank that tore down its gloo group and exited meanwhile aborted at exit now and then.
+        trainer = _Trainer(model, train_data, val_data, epochs, config, teacher, out_dir, ctx, loss_fn)
+        result = trainer.run(state)
+        # The DDP wrapper holds the process group (and gloo's worker threads) alive: drop it before the group is
+        # destroyed, or the process can abort at interpreter exit ("terminate called without an active exception").
+        # Then every rank leaves the group together: rank 0 still writes plots and measures multiply-adds after
+        # the last step, and a rank that tore down its group and exited meanwhile aborted at exit now and then.
+        del trainer
+        gc.collect()
         ctx.barrier()
         return result
     finally:
