@@ -34,6 +34,7 @@ from torch import Tensor, nn
 import njet_convert
 from njet_convert.export.freeze import max_relative_error
 from njet_convert.fidelity import agreement, logits
+from njet_convert.models.sweep import SWEEP, build_sweep_model
 
 __all__ = ["main"]
 
@@ -161,35 +162,16 @@ def _run_stage(case: _Case, reference: Tensor, kwargs: dict) -> tuple[float, ...
     return agree, kl, diff, report.params_after / report.params_before, cpu, wall, peak
 
 
-_SWEEP_TIMM = ("resnet18", "resnet26d", "seresnext26d_32x4d", "mobilenetv3_small_050", "tf_efficientnet_b0",
-               "densenet121", "vgg11", "regnetx_002", "convnext_atto", "nf_resnet26", "dla34", "ese_vovnet19b_dw",
-               "inception_v3", "mixnet_s", "resnetv2_50x1_bit", "hrnet_w18_small")
-_SWEEP_TORCHVISION = ("resnet18", "mobilenet_v2", "googlenet", "vgg11", "shufflenet_v2_x0_5", "squeezenet1_0",
-                      "deeplabv3_mobilenet_v3_large", "densenet121", "inception_v3")
-_TV_KWARGS = {"googlenet": {"aux_logits": False, "init_weights": False}, "inception_v3": {"aux_logits": False,
-              "init_weights": False}, "deeplabv3_mobilenet_v3_large": {"weights_backbone": None}}
-
-
-def _sweep_models():
-    import timm
-    import torchvision
-
-    for name in _SWEEP_TIMM:
-        yield f"timm {name}", lambda n=name: timm.create_model(n, pretrained=False)
-    for name in _SWEEP_TORCHVISION:
-        yield f"torchvision {name}", lambda n=name: torchvision.models.get_model(n, weights=None,
-                                                                                 **_TV_KWARGS.get(n, {}))
-
-
 def _sweep(order: str) -> None:
     """``order`` over the zoo sweep: convs converted, the parameters it adds, the max relative output difference."""
     print(f"\nzoo sweep, order {order!r} (random init, eval mode, 96 px for inception_v3, 64 px otherwise)")
     print(f"| {'network':<42} | {'convs':>5} | {'params +':>8} | {'max rel. out diff':>17} | {'convert s':>9} |")
     print(f"|{'-' * 44}|{'-' * 7}|{'-' * 10}|{'-' * 19}|{'-' * 11}|")
-    for label, build in _sweep_models():
+    for entry in SWEEP:
+        label = entry.label
         torch.manual_seed(0)
-        model = build().eval()
-        x = torch.randn(2, 3, 96 if "inception" in label else 64, 96 if "inception" in label else 64)
+        model = build_sweep_model(entry)
+        x = torch.randn(2, 3, entry.size, entry.size)
         start = time.perf_counter()
         try:
             converted, report = njet_convert.convert(model, order=order)

@@ -15,43 +15,15 @@ import torch
 from torch import nn
 
 import njet_convert
+from njet_convert.models.sweep import SWEEP, SweepModel, build_sweep_model
 from njet_layers import NJetConv2d
-
-# (name, input size at conversion, input size for the σ × 1.5 run: maps shrink faster, so some need more pixels)
-_SLOW = pytest.mark.slow
-TIMM = [
-    ("resnet18", 64, 64), ("resnet26d", 64, 64), ("seresnext26d_32x4d", 64, 64), ("mobilenetv3_small_050", 64, 64),
-    ("tf_efficientnet_b0", 64, 64), ("densenet121", 64, 128), ("vgg11", 64, 128), ("regnetx_002", 64, 64),
-    ("convnext_atto", 64, 64), ("nf_resnet26", 64, 64), ("dla34", 64, 64), ("ese_vovnet19b_dw", 64, 128),
-    pytest.param("inception_v3", 96, 320, marks=_SLOW), pytest.param("mixnet_s", 64, 64, marks=_SLOW),
-    pytest.param("resnetv2_50x1_bit", 64, 64, marks=_SLOW), pytest.param("hrnet_w18_small", 64, 64, marks=_SLOW),
-]
-TORCHVISION = [
-    ("resnet18", 64, 64), ("mobilenet_v2", 64, 64), ("googlenet", 96, 128), ("vgg11", 64, 128),
-    ("shufflenet_v2_x0_5", 64, 64), ("squeezenet1_0", 64, 96), ("deeplabv3_mobilenet_v3_large", 64, 64),
-    pytest.param("densenet121", 64, 128, marks=_SLOW), pytest.param("inception_v3", 96, 320, marks=_SLOW),
-]
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _id(p) -> str:
-    return p.values[0] if hasattr(p, "values") else p[0]
-_KWARGS = {"googlenet": {"aux_logits": False, "init_weights": False}, "inception_v3": {"aux_logits": False,
-           "init_weights": False}, "deeplabv3_mobilenet_v3_large": {"weights_backbone": None}}
-
-
-def _timm(name: str) -> nn.Module:
-    import timm
-
-    return timm.create_model(name, pretrained=False).eval()
-
-
-def _torchvision(name: str) -> nn.Module:
-    import torchvision
-
-    return torchvision.models.get_model(name, weights=None, **_KWARGS.get(name, {})).eval()
+def _params(source: str) -> list:
+    entries = [e for e in SWEEP if e.source == source]
+    return [pytest.param(e, id=e.name, marks=[pytest.mark.slow] if e.slow else []) for e in entries]
 
 
 def _tensor_out(y):
@@ -125,11 +97,11 @@ def _pair(v) -> tuple:
     return v if isinstance(v, tuple) else (v, v)
 
 
-@pytest.mark.parametrize(("name", "size", "size_up"), TIMM, ids=[_id(t) for t in TIMM])
-def test_timm_sweep(name: str, size: int, size_up: int) -> None:
-    check_conversion(_timm(name), size, size_up)
+@pytest.mark.parametrize("entry", _params("timm"))
+def test_timm_sweep(entry: SweepModel) -> None:
+    check_conversion(build_sweep_model(entry), entry.size, entry.size_up)
 
 
-@pytest.mark.parametrize(("name", "size", "size_up"), TORCHVISION, ids=[_id(t) for t in TORCHVISION])
-def test_torchvision_sweep(name: str, size: int, size_up: int) -> None:
-    check_conversion(_torchvision(name), size, size_up)
+@pytest.mark.parametrize("entry", _params("torchvision"))
+def test_torchvision_sweep(entry: SweepModel) -> None:
+    check_conversion(build_sweep_model(entry), entry.size, entry.size_up)

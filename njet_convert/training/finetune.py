@@ -10,7 +10,6 @@ sampler and RNG state — on CPU the final weights equal those of an uninterrupt
 from __future__ import annotations
 
 import gc
-
 import math
 import random
 import sys
