@@ -12,7 +12,7 @@ from torch import nn
 from njet_layers import NJetConv2d
 from njet_layers.basis import is_tensor_basis
 
-from ..surgery import SurgeryState, plan_conv
+from ..surgery import ConvPlan, SurgeryState, plan_conv
 from .exact_fit import fit_exact
 from .kernel_fit import KernelFit
 from .least_squares import fit_kernels
@@ -20,10 +20,11 @@ from .least_squares import fit_kernels
 __all__ = ["fit_converted", "fit_layer"]
 
 
-def fit_layer(layer: NJetConv2d, conv: nn.Module, k: float, sigma_grid: list[float] | None = None) -> KernelFit:
+def fit_layer(layer: NJetConv2d, conv: nn.Module, k: float, sigma_grid: list[float] | None = None,
+              plan: ConvPlan | None = None) -> KernelFit:
     """Fit ``layer`` to ``conv`` (its effective weight: the standardised one of a weight-standardised conv) and
-    write the fit into the layer."""
-    plan = plan_conv(conv)
+    write the fit into the layer; ``plan`` is the conv's plan when the surgery already made it."""
+    plan = plan if plan is not None else plan_conv(conv)
     if plan.reason:
         raise ValueError(f"conv of type {type(conv).__name__} cannot be fitted: {plan.reason}")
     weight = plan.weight()
@@ -42,7 +43,8 @@ def fit_converted(model: nn.Module, state: SurgeryState) -> None:
     modules = dict(model.named_modules())
     records = {r.name: r for r in state.report.layers}
     for njet_name, name in state.pairs.items():
-        fit = fit_layer(modules[njet_name], state.originals[name], state.cfg.k, state.cfg.sigma_grid)
+        fit = fit_layer(modules[njet_name], state.originals[name], state.cfg.k, state.cfg.sigma_grid,
+                        state.plans.get(name))
         record = records[njet_name]
         record.sigma, record.fit_error = fit.sigma, fit.error
         record.condition, record.rank, record.fragile = fit.condition, fit.rank, fit.fragile

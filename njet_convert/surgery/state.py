@@ -9,6 +9,7 @@ from torch import fx, nn
 
 from ..config import ConvertConfig
 from ..report import ConversionReport
+from .convs import ConvPlan
 from .selection import Selector
 
 __all__ = ["Point", "SurgeryState"]
@@ -58,6 +59,7 @@ class SurgeryState:
     strides: dict[str, int] = field(default_factory=dict)  # SafeSubsample name -> original stride
     in_graph: set[str] = field(default_factory=set)
     originals: dict[str, nn.Module] = field(default_factory=dict)  # name -> original module (for calibration)
+    plans: dict[str, ConvPlan] = field(default_factory=dict)  # name -> its conv's plan (the fit reads it)
     pinned: dict[str, tuple[int, int]] = field(default_factory=dict)  # flatten node -> pinned input size
 
     def new_point(self, **kwargs) -> Point:

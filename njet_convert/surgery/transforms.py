@@ -122,6 +122,7 @@ class SwapConvs(Transform):
         nodes = _nodes_calling(st, name)
         pad = PadSame(plan.kernel_size, plan.stride, plan.dilation) if plan.pad_same else None
         st.originals[name] = conv
+        st.plans[name] = plan
         point = None
         if safe:
             point = st.new_point(origin=name, kind="conv", stride=plan.stride[0], plan=plan, nodes=nodes)
