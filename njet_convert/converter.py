@@ -294,6 +294,7 @@ def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, c
     from .fitting import CalibrationOptions
     from .fitting.calibration import calibrate_layers
     from .fitting.calibration.holdout import split_holdout
+    from .fitting.kernel_fit import layer_conditioning
 
     modules = dict(out.named_modules())
     exact = {n for n in state.pairs if is_tensor_basis(modules[n].order)}
@@ -322,6 +323,7 @@ def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, c
         result = results.get(record.name)
         if result is not None and result.fit is not None:
             record.fit_error = float(result.fit.error)
+            record.condition, record.rank, record.fragile = layer_conditioning(modules[record.name])
             how = ", ".join(x for x in (result.strategy, result.detail, result.skipped) if x)
             record.note = f"{record.note} calibrated ({how})".strip()
 

@@ -214,3 +214,19 @@ def test_cli_refuses_to_calibrate_an_untrained_network(tmp_path):
     assert proc.returncode == 2 and "--calibrate needs the network's weights" in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_conditioning_columns_describe_the_calibrated_fit_not_the_plain_one():
+    from torch import nn
+
+    from njet_convert.fitting.kernel_fit import layer_conditioning
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+    x = torch.randn(16, 3, 16, 16)
+    _, plain = njet_convert.convert(model, order=3)
+    converted, calibrated = njet_convert.convert(model, order=3, calibration=x)
+    modules = dict(converted.named_modules())
+    for record in calibrated.layers:
+        assert (record.condition, record.rank, record.fragile) == layer_conditioning(modules[record.name])
+    assert [r.fragile for r in calibrated.layers] != [r.fragile for r in plain.layers]

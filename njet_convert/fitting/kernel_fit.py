@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from njet_layers import NJetConv2d
+from njet_layers import NJetConv2d, gaussian_basis
 from njet_layers.scale import DEFAULT_SIGMA_BOUNDS
 
-__all__ = ["FRAGILE_RTOL", "KernelFit", "basis_conditioning", "set_sigma"]
+__all__ = ["FRAGILE_RTOL", "KernelFit", "basis_conditioning", "layer_conditioning", "set_sigma"]
 
 FRAGILE_RTOL = 1e-3  # singular values below this fraction of the largest amplify α (and float32 rounding) 1000×
 
@@ -65,3 +65,13 @@ def basis_conditioning(basis: Tensor, alpha: Tensor, rtol: float = 1e-10) -> tup
     total = float(along.sum())
     weak = float(along[:, s < FRAGILE_RTOL * s[0]].sum())
     return float(s[0] / s[rank - 1]), rank, weak / total if total > 0 else 0.0
+
+
+@torch.no_grad()
+def layer_conditioning(layer: NJetConv2d) -> tuple[float, int, float]:
+    """:func:`basis_conditioning` of a jet layer's current α in its basis at its current σ and support (in float64),
+    for fits made by other means than the least-squares fit (calibration)."""
+    sigma = layer.sigma.detach().double().cpu()
+    basis = gaussian_basis(layer.order, sigma, layer.k, radius=layer.radius)  # type: ignore[arg-type]
+    alpha = layer.alpha.detach().double().cpu().flatten(0, 1)
+    return basis_conditioning(basis.flatten(1), alpha)
