@@ -306,19 +306,20 @@ def _calibrate(out: nn.Module, original: nn.Module, state: SurgeryState, data, c
         return
     opts = cfg.calibration_options if cfg.calibration_options is not None else CalibrationOptions()
     fit_data, held = split_holdout(data, opts.holdout, opts.holdout_min)
-    reference = logits(original, held) if held is not None and _tensor_output(original, held) else None
-    if reference is not None:
-        state.report.fidelity["plain"] = stage_fidelity(out, reference, held)  # type: ignore[arg-type]
+    measured = held is not None and _tensor_output(original, held)
+    held_out = (held, logits(original, held)) if held is not None and measured else None
+    if held_out is not None:
+        state.report.fidelity["plain"] = stage_fidelity(out, held_out[1], held_out[0])
     results = {r.name: r for r in calibrate_layers(out, original, pairs, fit_data, progress=cfg.progress,
                                                    options=opts)}
     state.report.calibrated = True
-    if "plain" in state.report.fidelity:
-        state.report.fidelity["calibrated"] = stage_fidelity(out, reference, held)  # type: ignore[arg-type]
+    if held_out is not None:
+        state.report.fidelity["calibrated"] = stage_fidelity(out, held_out[1], held_out[0])
     if cfg.recover is not None:
-        if reference is None or reference.dim() != 2:
+        if held_out is None or held_out[1].dim() != 2:
             raise ValueError("recover needs a classifier (logits [N, classes]) and a held-out slice of the "
                              "calibration images (calibration_options.holdout > 0, at least 2 images)")
-        _recover(out, original, state, _images_of(fit_data), held, reference, cfg)  # type: ignore[arg-type]
+        _recover(out, original, state, _images_of(fit_data), *held_out, cfg)
     for record in state.report.layers:
         result = results.get(record.name)
         if result is not None and result.fit is not None:
