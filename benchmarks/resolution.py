@@ -7,6 +7,9 @@ The paper's claim (Exp. 1.2A): trained on MNIST at 1×, 1.5× and 2× size, the 
 
 - the real MNIST CNN of ``digit-recognizer-py``, converted (order 3, safe subsampling with the shifted law
   ``factor = stride · 2^((σ − σ0)/r)``, r = 4) and fine-tuned with σ learned at the paper's default σ lr (= lr);
+- the same CNN converted losslessly (``order="exact"``), σ held for half an epoch while α adapts, then the resolution
+  search (``FinetuneConfig.resolution_search``: per stage the octave of σ and subsampling factor of lowest training
+  loss), then σ learned;
 - the zoo's N-Jet toy net (``njet_mnist_toy2``: 2 N-Jet layers, σ initialised to 1, the paper's unshifted law),
   trained from scratch the same way.
 
@@ -16,11 +19,13 @@ training, and test accuracy. The ratios σ_2× / σ_1× (paper: ≈ 2) are print
 
     python benchmarks/resolution.py                 # ~5-10 min on one CPU thread
     python benchmarks/resolution.py --quick         # 1 epoch each, 1000 training images
+    python benchmarks/resolution.py --models search # only the exact + search rows
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -113,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="1 epoch each on 1000 training images")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", nargs="+", choices=("order3", "search", "toy"), default=["order3", "search", "toy"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -127,11 +133,18 @@ def main(argv: list[str] | None = None) -> None:
     for scale in args.scales:
         data = (scaled(x_tr, scale), y_tr, scaled(x_te, scale), y_te)
         px = data[0].shape[-1]
-        converted, _ = njet_convert.convert(original, input_size=(1, 28, 28))
-        rows.append({**_run("converted MNIST CNN", converted, data, args.epochs, cfg), "scale": scale, "px": px})
-        torch.manual_seed(args.seed)
-        toy = _toy()
-        rows.append({**_run("N-Jet toy net (scratch)", toy, data, args.toy_epochs, cfg), "scale": scale, "px": px})
+        if "order3" in args.models:
+            converted, _ = njet_convert.convert(original, input_size=(1, 28, 28))
+            rows.append({**_run("converted MNIST CNN", converted, data, args.epochs, cfg), "scale": scale, "px": px})
+        if "search" in args.models:
+            exact, _ = njet_convert.convert(original, order="exact", input_size=(1, 28, 28))
+            searched = dataclasses.replace(cfg, sigma_delay_epochs=0.5, resolution_search=True)
+            rows.append({**_run("exact + resolution search", exact, data, args.epochs, searched), "scale": scale,
+                         "px": px})
+        if "toy" in args.models:
+            torch.manual_seed(args.seed)
+            rows.append({**_run("N-Jet toy net (scratch)", _toy(), data, args.toy_epochs, cfg), "scale": scale,
+                         "px": px})
         print(f"scale {scale:g} done", flush=True)
     print(f"opencv digits, {args.train} train / 1000 test, resized; SGD lr {args.lr:g} (σ lr = lr), cosine, batch 64; "
           f"converted CNN fine-tuned {args.epochs} ep, toy net trained {args.toy_epochs} ep from scratch")

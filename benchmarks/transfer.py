@@ -6,8 +6,10 @@ start"):
 - **original**: the pretrained network fine-tuned as it is (the MNIST CNN gets an adaptive pool before its
   flatten, so that it runs at every size; at 1× it is the identity);
 - **converted, resolution learned**: every conv replaced by the tensor basis of its own kernel size, fitted exactly
-  (``convert(order="exact")``), each subsampling point on
-  the covariant law (factor = stride · σ/σ₀), σ learned at ``--sigma-lr``;
+  (``convert(order="exact")``); σ held for ``--sigma-delay`` epochs while α adapts, then the resolution search
+  (``FinetuneConfig.resolution_search``: per stage the octave of σ and subsampling factor of lowest training loss),
+  then σ learned at ``--sigma-lr`` (``--covariant``: every point on the covariant law and no search, the earlier
+  variant);
 - **converted, σ frozen**: the same network with σ fixed (so with the original's sizes).
 
 Columns: test accuracy, σ and subsampling factor per stage before → after, multiply-adds per image of the
@@ -141,12 +143,12 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return 100.0 * float(torch.cat([model(b).argmax(1) for b in x.split(250)]).eq(y).float().mean())
 
 
-def _run(model: nn.Module, data: tuple, args, sigma_lr: float) -> dict:
+def _run(model: nn.Module, data: tuple, args, sigma_lr: float, search: bool = False) -> dict:
     x_tr, y_tr, x_te, y_te = data
     before = stages(model)
     cfg = FinetuneConfig(lr=args.lr, sigma_lr=sigma_lr, batch_size=64, seed=0, warmup_epochs=0.1, progress=False,
                          plots=False, tensorboard=False, max_steps_per_epoch=args.max_steps,
-                         sigma_delay_epochs=args.sigma_delay)
+                         sigma_delay_epochs=args.sigma_delay, resolution_search=search)
     start = time.perf_counter()
     result = finetune(model, (x_tr, y_tr), epochs=args.epochs, config=cfg, device="cpu")
     seconds = (time.perf_counter() - start) / max(result.global_step, 1)
@@ -172,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sigma-lr", type=float, default=0.01, help="lr of log σ (SGD, momentum 0.9)")
     parser.add_argument("--sigma-delay", type=float, default=0.5, help="epochs σ is held while α adapts")
     parser.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch")
+    parser.add_argument("--covariant", action="store_true",
+                        help="resolution learned = covariant law + σ gradients, no search (the earlier variant)")
     parser.add_argument("--mobilenet", action="store_true", help="also MobileNetV2 (ImageNet weights)")
     parser.add_argument("--quick", action="store_true", help="MNIST CNN, 2000 train / 500 test, 2 epochs")
     parser.add_argument("--threads", type=int, default=2)
@@ -182,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     x_tr, y_tr, x_te, y_te = fashion_split(args.train, args.test)
     builders = {"MNIST CNN": _mnist_cnn, **({"MobileNetV2": _mobilenet} if args.mobilenet else {})}
     print(f"Fashion-MNIST, {args.train} train / {args.test} test (fixed split), {args.epochs} epoch(s), SGD lr "
-          f"{args.lr:g}, σ lr {args.sigma_lr:g} (held {args.sigma_delay:g} epochs), batch 64, cosine\n")
+          f"{args.lr:g}, σ lr {args.sigma_lr:g} (held {args.sigma_delay:g} epochs), batch 64, cosine; "
+          f"resolution learned: {'covariant law, no search' if args.covariant else 'search when σ is released'}\n")
     print("| network | scale (px) | variant | test acc % | σ per stage before → after | factor per stage before → "
           "after | ONNX multiply-adds/image | s/step |")
     print("|---|---|---|---|---|---|---|---|")
@@ -191,12 +196,13 @@ def main(argv: list[str] | None = None) -> None:
             original, converted, info = build()
             size = max(4, round(info["ref"] * scale))
             data = (_prepare(x_tr, size, info), y_tr, _prepare(x_te, size, info), y_te)
-            variants = {"original": (original, args.lr),
-                        "converted, resolution learned": (_covariant(copy.deepcopy(converted)), args.sigma_lr),
-                        "converted, σ frozen": (_freeze_sigma(copy.deepcopy(converted)), 0.0)}
-            for variant, (model, sigma_lr) in variants.items():
+            learned = _covariant(copy.deepcopy(converted)) if args.covariant else copy.deepcopy(converted)
+            variants = {"original": (original, args.lr, False),
+                        "converted, resolution learned": (learned, args.sigma_lr, not args.covariant),
+                        "converted, σ frozen": (_freeze_sigma(copy.deepcopy(converted)), 0.0, False)}
+            for variant, (model, sigma_lr, search) in variants.items():
                 torch.manual_seed(0)
-                r = _run(model, data, args, sigma_lr)
+                r = _run(model, data, args, sigma_lr, search)
                 print(f"| {name} | {scale:g}× ({size}) | {variant} | {r['acc']:.1f} | {_fmt(r['before'], 0)} → "
                       f"{_fmt(r['after'], 0)} | {_fmt(r['before'], 1)} → {_fmt(r['after'], 1)} | "
                       f"{r['macs'] / 1e6:.2f} M | {r['step']:.3f} |", flush=True)

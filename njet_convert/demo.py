@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     ruled, _ = njet_convert.convert(original, order=rule, calibration=calib, source="torchvision:mobilenet_v2",
                                     progress=False)
     rule_agree, rule_kl = agreement(ruled, reference, held)
-    extra = sum(p.numel() for p in ruled.parameters()) / sum(p.numel() for p in model.parameters()) - 1
+    extra = sum(p.numel() for p in ruled.parameters()) / sum(p.numel() for p in original.parameters()) - 1
     print(f"top-1 agreement with the original on held-out photos: {100 * rule_agree:.1f} % (KL {rule_kl:.3f}), "
-          f"{100 * extra:+.1f} % parameters [{time.perf_counter() - t:.0f} s]")
+          f"{100 * extra:+.1f} % parameters vs the original [{time.perf_counter() - t:.0f} s]")
 
     _step("4. the conversion report (order 3, calibrated)")
     print(report.to_markdown())

@@ -56,6 +56,7 @@ class RunProgress:
     macs_before: int | None = None
     val_before: dict[str, float] | None = None
     partial: list[float] = field(default_factory=lambda: [0.0, 0, 0, 0])
+    resolution_search: list[dict[str, Any]] | None = None  # the stages' choices, once the search has run
 
     def payload(self) -> dict[str, Any]:
         """The checkpoint keys of this progress (``partial`` is gathered over ranks by the caller)."""
@@ -63,7 +64,7 @@ class RunProgress:
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "history": {"epochs": self.history, "sigma": self.sigma_history, "sigma_steps": self.sigma_steps},
             "feature_sizes_before": self.sizes_before, "val_before": self.val_before,
-            "multiply_adds_before": self.macs_before,
+            "multiply_adds_before": self.macs_before, "resolution_search": self.resolution_search,
         }
 
     @classmethod
@@ -75,7 +76,7 @@ class RunProgress:
             global_step=int(state["global_step"]), history=list(hist.get("epochs", [])),
             sigma_history=list(hist.get("sigma", [])), sigma_steps=list(hist.get("sigma_steps", [])),
             sizes_before=dict(state.get("feature_sizes_before", {})), macs_before=state.get("multiply_adds_before"),
-            val_before=state.get("val_before"),
+            val_before=state.get("val_before"), resolution_search=state.get("resolution_search"),
         )
         partial = state.get("partial")
         if partial is not None and len(partial) == world_size:

@@ -41,6 +41,11 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     g.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="SGD with momentum 0.9, or Adam")
     g.add_argument("--lr", type=float, default=0.01)
     g.add_argument("--sigma-lr", type=float, default=None, help="learning rate of σ (default: --lr)")
+    g.add_argument("--sigma-delay-epochs", type=float, default=0.0, metavar="E",
+                   help="hold σ for the first E epochs while α adapts to the new data or head (default 0)")
+    g.add_argument("--resolution-search", action="store_true",
+                   help="when σ is released, choose each stage's octave of σ and subsampling factor by the loss "
+                        "(a converted network absorbing a zoom: docs/design.md)")
     g.add_argument("--alpha-decay", type=float, default=1e-4, help="L2 weight on α (paper: 1e-4..1e-2)")
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--schedule", choices=SCHEDULES, default="cosine")
@@ -63,6 +68,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     distill = (DistillConfig(args.distill_temperature, args.distill_label_weight) if args.distill else None)
     return FinetuneConfig(
         optimizer=args.optimizer, lr=args.lr, sigma_lr=args.sigma_lr, alpha_decay=args.alpha_decay,
+        sigma_delay_epochs=getattr(args, "sigma_delay_epochs", 0.0),
+        resolution_search=getattr(args, "resolution_search", False),
         weight_decay=args.weight_decay, momentum=getattr(args, "momentum", 0.9),
         betas=tuple(getattr(args, "betas", None) or (0.9, 0.999)),
         schedule=args.schedule, milestones=tuple(args.milestones or ()), step_gamma=args.gamma,

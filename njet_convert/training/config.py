@@ -40,6 +40,11 @@ class FinetuneConfig:
     ``sigma_decay`` (default none), held for the first ``sigma_delay_epochs`` (a converted network's new head or
     new data gives σ large, meaningless gradients before α has adapted: docs/design.md, "Resolution learning from a
     converted start"), batch-norm weights and biases never decay, other weights use ``weight_decay``.
+
+    ``resolution_search``: when σ is released (after the delay; at the start without one) choose per stage the
+    octave of σ and subsampling factor of lowest training loss among ``search_octaves``, measured on
+    ``search_batches`` training batches (:mod:`njet_convert.training.resolution_search`): the factor has no
+    gradient, so this is how a converted network moves its resolution by whole octaves (a zoomed input).
     """
 
     lr: float = 0.01
@@ -52,6 +57,9 @@ class FinetuneConfig:
     alpha_decay: float = 1e-4
     sigma_decay: float = 0.0
     sigma_delay_epochs: float = 0.0  # σ held (lr 0) for this many epochs while α adapts, then on the schedule
+    resolution_search: bool = False
+    search_octaves: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
+    search_batches: int = 4
     schedule: Literal["cosine", "step", "multistep", "poly", "constant"] = "cosine"
     warmup_epochs: float = 0.0  # linear warm-up from ``warmup_start * lr``; fractional epochs allowed
     warmup_start: float = 0.1
@@ -95,6 +103,11 @@ class FinetuneConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        self.search_octaves = tuple(float(o) for o in self.search_octaves)
+        if 0.0 not in self.search_octaves or not all(math.isfinite(o) for o in self.search_octaves):
+            raise ValueError(f"search_octaves must be finite and include 0, got {self.search_octaves!r}")
+        if isinstance(self.search_batches, bool) or not isinstance(self.search_batches, int) or self.search_batches < 1:
+            raise ValueError(f"search_batches must be a positive integer, got {self.search_batches!r}")
         self.betas = tuple(self.betas)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")

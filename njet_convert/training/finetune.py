@@ -48,6 +48,7 @@ from .optim import build_optimizer, build_scheduler
 from .plots import feature_sizes, sigma_values, write_plots
 from .precision import fp32_njet_kernels, resolve_precision
 from .resolution import multiply_adds, resolution_health
+from .resolution_search import resolution_stages, search_resolution
 
 __all__ = ["FinetuneResult", "NonFiniteLossError", "evaluate", "finetune"]
 
@@ -71,6 +72,7 @@ class FinetuneResult:
     plots: dict[str, Path] = field(default_factory=dict)
     multiply_adds_before: int | None = None  # per image of the first training (or validation) input
     multiply_adds_after: int | None = None
+    resolution_search: list[dict[str, Any]] | None = None  # per stage: octave, σ and factor before/after, losses
 
 
 def finetune(
@@ -200,6 +202,7 @@ class _Trainer:
             batch = next(batches, None)
             if batch is None:
                 break
+            self._search_when_due()
             loss, n, hits = self._step(batch)
             stopping = self._check_step(loss, stop)
             p.step_in_epoch += 1
@@ -249,6 +252,47 @@ class _Trainer:
         hits = top1_correct(logits.detach(), target) if target.dim() == logits.dim() - 1 else (0, 0)
         return value, x.shape[0], hits
 
+    # -- resolution search ----------------------------------------------------------------------------------
+    def _search_when_due(self) -> None:
+        """Run the resolution search once, at the step σ is released (the end of ``sigma_delay_epochs``)."""
+        cfg, p = self.config, self.progress
+        if not cfg.resolution_search or p.resolution_search is not None:
+            return
+        if p.global_step < round(cfg.sigma_delay_epochs * self.steps_per_epoch):
+            return
+        batches = self.train_loader.epoch(p.epoch + 7919, 0)  # its own fixed batches: the run's stream is untouched
+        probes = [split_batch(b) for _, b in zip(range(cfg.search_batches), batches, strict=False)]
+        stages = resolution_stages(self.model, to_device(probes[0][0], self.ctx.device, self.channels_last))
+        choices = search_resolution(self.model, lambda m: self._search_loss(m, probes), stages, cfg.search_octaves)
+        self._forget_sigma_momentum()
+        p.resolution_search = [c.as_dict() for c in choices]
+        self._say("resolution search: " + ("; ".join(c.describe() for c in choices) or "no N-Jet stage"))
+
+    @torch.no_grad()
+    def _search_loss(self, model: nn.Module, probes: list[tuple[Tensor, Tensor | None]]) -> float:
+        """The run's loss on the search batches, summed over ranks (every rank makes the same choice)."""
+        total, count = 0.0, 0
+        with self.precision.autocast():
+            for x, y in probes:
+                x = to_device(x, self.ctx.device, self.channels_last)
+                logits = logits_of(model(x))
+                ref = logits_of(teacher_logits(self.teacher, x)) if self.teacher is not None else None
+                if ref is not None:
+                    y = y.to(self.ctx.device) if y is not None else None
+                    loss = distillation_loss(logits, ref, y, self.config.distill, self.config.label_smoothing)
+                else:
+                    loss = self.loss_fn(logits.float(), y.to(self.ctx.device))  # type: ignore[union-attr]
+                total, count = total + float(loss) * x.shape[0], count + x.shape[0]
+        summed = self.ctx.sum([total, count])
+        return summed[0] / max(summed[1], 1)
+
+    def _forget_sigma_momentum(self) -> None:
+        """σ's optimiser state (momentum, Adam moments) gathered before the search points at the old σ: drop it."""
+        for group in self.optimizer.param_groups:
+            if group.get("name") == "sigma":
+                for param in group["params"]:
+                    self.optimizer.state.pop(param, None)
+
     # -- set-up and results ---------------------------------------------------------------------------------
     def _start(self, state: dict[str, Any] | None) -> None:
         """Check the data fits, restore a checkpoint or measure the start (sizes, multiply-adds, validation)."""
@@ -282,7 +326,7 @@ class _Trainer:
             history=list(p.history), val_before=p.val_before,
             val_after=p.history[-1].get("val") if p.history else None,
             checkpoint=self.last_good, out_dir=self.out_dir, plots=plots, multiply_adds_before=p.macs_before,
-            multiply_adds_after=macs_after,
+            multiply_adds_after=macs_after, resolution_search=p.resolution_search,
         )
 
     def _restore(self, state: dict[str, Any]) -> None:

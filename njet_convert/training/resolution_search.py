@@ -1,0 +1,176 @@
+"""Resolution chosen by the loss: per stage, the octave of σ — and with it the subsampling factor — that fits the data.
+
+Why a search and not only gradients (docs/design.md, "Resolution learning from a converted start"): on a converted
+network σ at a fixed filter support and a fixed subsampling factor is a re-parametrisation that α follows, and the
+factor, which is what makes σ a resolution, has no gradient (sizes are integers). So σ's gradient cannot find that a
+2×-zoomed input wants the first stage twice as coarse, although the loss shows it at once: doubling that stage's σ
+and its subsampling factor together gives the layers after it the sizes and the detail they were trained on.
+
+A *stage* is the N-Jet layers that run between two subsampling points, closed by the second one (the last stage may
+end without a point). :func:`search_resolution` walks the stages in network order and tries, per stage, multiplying
+every σ in it and the factor of the point that closes it by ``2 ** octave`` for each candidate octave (the
+scale-space move: the filters dilated, the map shrunk by as much), and the factor alone (σ kept: where σ cannot
+follow, a 0.5× input asking for σ below its bound); it keeps the move of lowest loss on the given batches (staying
+unless another move beats it by ``min_gain``) and goes on to the next stage. Afterwards each point is back on
+its own law at the factor found. A move whose maps no longer fit a layer of fixed size (a pool window, a flatten)
+counts as infinite loss. The loss is measured in eval mode (batch-norm running statistics), without gradients, so a
+search costs about ``2 × len(stages) × len(octaves) × batches`` forward passes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from njet_layers import NJetConv2d, SafeSubsample
+
+__all__ = ["DEFAULT_OCTAVES", "Stage", "StageChoice", "resolution_stages", "search_resolution"]
+
+DEFAULT_OCTAVES: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
+LossFn = Callable[[nn.Module], float]
+
+
+@dataclass
+class Stage:
+    """N-Jet layers (by module name) that run before subsampling point ``point`` (None: the network's tail)."""
+
+    layers: list[str]
+    point: str | None
+
+
+@dataclass
+class StageChoice:
+    """What the search chose for one stage: the octave, σ and factor before → after, and the loss per octave."""
+
+    stage: Stage
+    sigma_octave: float
+    factor_octave: float
+    sigma_before: float  # σ of the stage's first layer
+    sigma_after: float
+    factor_before: float | None  # of the stage's point
+    factor_after: float | None
+    losses: dict[str, float] = field(default_factory=dict)  # "σ octave/factor octave": loss
+
+    def describe(self) -> str:
+        """``point: σ 0.47 → 0.95, factor 2 → 4``, the line a run prints."""
+        factor = ("" if self.factor_before is None else
+                  f", factor {self.factor_before:.3g} → {self.factor_after:.3g}")
+        return f"{self.stage.point or 'tail'}: σ {self.sigma_before:.3g} → {self.sigma_after:.3g}{factor}"
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain types (checkpoints, metrics, ``--json``)."""
+        return {"point": self.stage.point, "layers": list(self.stage.layers), "sigma_octave": self.sigma_octave,
+                "factor_octave": self.factor_octave, "sigma_before": self.sigma_before,
+                "sigma_after": self.sigma_after, "factor_before": self.factor_before,
+                "factor_after": self.factor_after, "losses": dict(self.losses)}
+
+
+@torch.no_grad()
+def resolution_stages(model: nn.Module, images: Tensor) -> list[Stage]:
+    """The stages of ``model`` in the order one forward pass on ``images`` runs them (empty stages are left out)."""
+    order: list[tuple[str, nn.Module]] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: order.append((name, mod)))
+             for name, m in model.named_modules() if isinstance(m, NJetConv2d | SafeSubsample)]
+    was_training = model.training
+    try:
+        model.eval()(images)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    stages, layers, seen = [], [], set()
+    for name, module in order:
+        if name in seen:  # a module called twice keeps its first place
+            continue
+        seen.add(name)
+        if isinstance(module, NJetConv2d):
+            layers.append(name)
+        else:
+            stages.append(Stage(layers, name))
+            layers = []
+    if layers:
+        stages.append(Stage(layers, None))
+    return [s for s in stages if s.layers or s.point is not None]
+
+
+def search_resolution(model: nn.Module, loss: LossFn, stages: Sequence[Stage],
+                      octaves: Sequence[float] = DEFAULT_OCTAVES, min_gain: float = 0.01,
+                      factor_only: bool = True) -> list[StageChoice]:
+    """Choose, stage by stage, the move of lowest ``loss(model)`` and leave ``model`` there (see the module
+    docstring). ``min_gain``: the relative loss drop a move needs over staying (noise guard); ``factor_only``: also
+    try moving the point's factor alone, σ kept (where σ cannot follow: a 0.5× input asks for σ below its bound)."""
+    if not octaves or 0.0 not in octaves:
+        raise ValueError(f"octaves must include 0 (the current resolution), got {tuple(octaves)!r}")
+    moves = [(o, o) for o in octaves] + ([(0.0, o) for o in octaves if o] if factor_only else [])
+    modules = dict(model.named_modules())
+    points = [m for m in model.modules() if isinstance(m, SafeSubsample)]
+    laws = {p: p.law for p in points}
+    was_training = model.training
+    model.eval()
+    try:
+        for p in points:
+            if p.anchor is not None or p.source is not None:
+                p.use_law_("covariant")
+        return [_search_stage(modules, stage, loss, model, moves, min_gain) for stage in stages]
+    finally:
+        for p, law in laws.items():
+            p.use_law_(law)
+        model.train(was_training)
+
+
+def _search_stage(modules: dict[str, nn.Module], stage: Stage, loss: LossFn, model: nn.Module,
+                  moves: Sequence[tuple[float, float]], min_gain: float) -> StageChoice:
+    scaled = _scaled_modules(modules, stage)
+    start = {m: float(m.log_sigma.detach()) for m in scaled}
+    point = modules[stage.point] if stage.point is not None else None
+    point = point if isinstance(point, SafeSubsample) and point.source is not None else None
+    factor_before = point.factor if point is not None else None
+    losses: dict[tuple[float, float], float] = {}
+    for move in moves:
+        _apply(start, point, factor_before, move)
+        losses[move] = _loss_or_inf(loss, model)
+    best = min(losses, key=lambda m: (losses[m], abs(m[1]), m[0] != m[1]))
+    if not losses[best] < losses[(0.0, 0.0)] * (1 - min_gain):
+        best = (0.0, 0.0)
+    _apply(start, point, factor_before, best)
+    first = scaled[0] if scaled else None
+    sigma = (math.exp(start[first]), float(first.sigma.detach())) if first is not None else (math.nan, math.nan)
+    return StageChoice(stage, best[0], best[1], *sigma, factor_before, point.factor if point is not None else None,
+                       {f"{a:g}/{b:g}": v for (a, b), v in losses.items()})
+
+
+def _apply(start: dict[nn.Module, float], point: SafeSubsample | None, factor: float | None,
+           move: tuple[float, float]) -> None:
+    """σ of the stage ``move[0]`` octaves from its start, the point's factor ``move[1]`` octaves from ``factor``."""
+    _set_octave(start, move[0])
+    if point is not None and factor is not None:
+        point.shift = math.log2(factor) + move[1] - point._exponent(float(point.sigma.detach()))
+
+
+def _loss_or_inf(loss: LossFn, model: nn.Module) -> float:
+    """The loss, or infinity where the maps became too small for a layer of fixed size (a pool window, a flatten)."""
+    try:
+        return loss(model)
+    except RuntimeError:
+        return math.inf
+
+
+def _scaled_modules(modules: dict[str, nn.Module], stage: Stage) -> list[nn.Module]:
+    """The stage's N-Jet layers, and its point when the point has a σ of its own (no linked layer)."""
+    scaled = [modules[name] for name in stage.layers]
+    point = modules.get(stage.point) if stage.point is not None else None
+    if isinstance(point, SafeSubsample) and point.source is None and hasattr(point, "log_sigma"):
+        scaled.append(point)
+    return scaled
+
+
+@torch.no_grad()
+def _set_octave(start: dict[nn.Module, float], octave: float) -> None:
+    """log σ of each module at its start value + ``octave`` octaves, inside the module's σ bounds."""
+    for module, log_sigma in start.items():
+        lo, hi = (math.log(b) for b in module.sigma_bounds)
+        module.log_sigma.fill_(min(max(log_sigma + octave * math.log(2.0), lo), hi))

@@ -1,0 +1,141 @@
+"""The resolution search: stages in network order, the move of lowest loss per stage (a 2×-zoomed input makes the
+first stage twice as coarse), the network left unchanged when no move pays, and its place in fine-tuning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import njet_convert
+from njet_convert.training import FinetuneConfig, finetune
+from njet_convert.training.resolution_search import resolution_stages, search_resolution
+from njet_layers import NJetConv2d, SafeSubsample
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from njet_convert.data.opencv_digits import digits_split
+    from njet_convert.models.real_weights import MNIST_MEAN, MNIST_STD
+
+    x_tr, y_tr, _, _ = digits_split(4000, 1000, seed=0)
+    return (x_tr[:256] - MNIST_MEAN) / MNIST_STD, y_tr[:256]
+
+
+@pytest.fixture()
+def exact_cnn():
+    from njet_convert.models.real_weights import load_mnist_cnn
+
+    return njet_convert.convert(load_mnist_cnn(), order="exact", input_size=(1, 28, 28), progress=False)[0]
+
+
+def _zoomed(x: torch.Tensor, scale: float) -> torch.Tensor:
+    size = round(x.shape[-1] * scale)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=scale < 1)
+
+
+def _loss(x: torch.Tensor, y: torch.Tensor):
+    return lambda model: float(F.cross_entropy(model(x), y).detach())
+
+
+def test_stages_follow_the_network_order(exact_cnn, digits) -> None:
+    stages = resolution_stages(exact_cnn, digits[0][:2])
+    assert [s.point for s in stages] == [f"conv_layers.{i}_subsample" for i in (2, 5, 8)]
+    assert [s.layers for s in stages] == [["conv_layers.0"], ["conv_layers.3"], ["conv_layers.6"]]
+
+
+def test_a_zoomed_input_makes_the_first_stage_coarser_and_the_rest_stays(exact_cnn, digits) -> None:
+    x, y = _zoomed(digits[0], 2.0), digits[1]
+    stages = resolution_stages(exact_cnn, x[:2])
+    before = _loss(x, y)(exact_cnn.eval())
+    choices = search_resolution(exact_cnn, _loss(x, y), stages)
+    assert [(c.sigma_octave, c.factor_octave) for c in choices] == [(1.0, 1.0), (0.0, 0.0), (0.0, 0.0)]
+    first = choices[0]
+    assert first.factor_before == 2.0 and first.factor_after == pytest.approx(4.0)
+    assert first.sigma_after == pytest.approx(2 * first.sigma_before, rel=1e-5)
+    assert _loss(x, y)(exact_cnn) < 0.5 * before  # the layers after the first stage see the sizes they know
+    points = [m for m in exact_cnn.modules() if isinstance(m, SafeSubsample)]
+    assert all(p.law == "paper" for p in points)  # back on its own law, at the factor found
+    assert points[0].factor == pytest.approx(4.0)
+    assert first.describe().startswith("conv_layers.2_subsample: σ 0.475 → 0.95, factor 2 → 4")
+
+
+def test_at_the_trained_scale_nothing_moves(exact_cnn, digits) -> None:
+    x, y = digits
+    reference = exact_cnn.eval()(x)
+    choices = search_resolution(exact_cnn, _loss(x, y), resolution_stages(exact_cnn, x[:2]))
+    assert all((c.sigma_octave, c.factor_octave) == (0.0, 0.0) for c in choices)
+    torch.testing.assert_close(exact_cnn(x), reference)
+
+
+def test_a_move_whose_maps_no_longer_fit_counts_as_infinite(exact_cnn, digits) -> None:
+    x, y = _zoomed(digits[0], 0.5), digits[1]  # 14 px: three more octaves of subsampling leave no 2×2 pool window
+    choices = search_resolution(exact_cnn, _loss(x, y), resolution_stages(exact_cnn, x[:2]))
+    assert math.isinf(choices[0].losses["1/1"])
+    assert choices[0].factor_after <= choices[0].factor_before
+
+
+def test_octaves_must_include_staying() -> None:
+    with pytest.raises(ValueError, match="include 0"):
+        search_resolution(nn.Identity(), lambda m: 0.0, [], octaves=(-1.0, 1.0))
+    with pytest.raises(ValueError, match="search_octaves"):
+        FinetuneConfig(search_octaves=(1.0,))
+    with pytest.raises(ValueError, match="search_batches"):
+        FinetuneConfig(search_batches=0)
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = NJetConv2d(1, 4, order=2, sigma=1.0)
+        self.sub = SafeSubsample(r=4.0, source=self.conv)
+        self.sub.start_at(2.0)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.sub(self.conv(x))).mean((2, 3)))
+
+
+def test_finetune_searches_once_when_sigma_is_released_and_resume_keeps_it(tmp_path, monkeypatch) -> None:
+    import importlib
+
+    module = importlib.import_module("njet_convert.training.finetune")
+
+    calls: list[int] = []
+    real = module.search_resolution
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "search_resolution", counting)
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
+    cfg = FinetuneConfig(batch_size=16, sigma_delay_epochs=1.5, resolution_search=True, search_batches=2,
+                         progress=False, plots=False, tensorboard=False)
+    model = _Net()
+    first = finetune(model, (x, y), epochs=1, config=cfg, out_dir=tmp_path, device="cpu")
+    assert first.resolution_search is None and calls == []  # σ still held after one epoch of four steps
+    done = finetune(model, (x, y), epochs=2, config=cfg, out_dir=tmp_path, resume=tmp_path, device="cpu")
+    assert calls == [1] and done.resolution_search is not None
+    row = done.resolution_search[0]
+    assert row["point"] == "sub" and row["layers"] == ["conv"] and "0/0" in row["losses"]
+    again = finetune(model, (x, y), epochs=3, config=cfg, out_dir=tmp_path, resume=tmp_path, device="cpu")
+    assert calls == [1] and again.resolution_search == done.resolution_search  # kept in the checkpoint
+
+
+def test_command_line_options_reach_the_config() -> None:
+    import argparse
+
+    from njet_convert.training.cli import add_training_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--resolution-search", "--sigma-delay-epochs", "0.5"]))
+    assert cfg.resolution_search and cfg.sigma_delay_epochs == 0.5
+    assert not config_from_args(parser.parse_args([])).resolution_search
