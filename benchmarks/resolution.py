@@ -7,7 +7,7 @@ The paper's claim (Exp. 1.2A): trained on MNIST at 1×, 1.5× and 2× size, the 
 
 - the real MNIST CNN of ``digit-recognizer-py``, converted (order 3, safe subsampling with the shifted law
   ``factor = stride · 2^((σ − σ0)/r)``, r = 4) and fine-tuned with σ learned at the paper's default σ lr (= lr);
-- the same CNN converted losslessly (``order="exact"``), σ held for half an epoch while α adapts, then the resolution
+- the same CNN converted losslessly (``order="exact"``); before the first step (same task, same head) the resolution
   search (``FinetuneConfig.resolution_search``: per stage the octave of σ and subsampling factor of lowest training
   loss), then σ learned;
 - the zoo's N-Jet toy net (``njet_mnist_toy2``: 2 N-Jet layers, σ initialised to 1, the paper's unshifted law),
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({**_run("converted MNIST CNN", converted, data, args.epochs, cfg), "scale": scale, "px": px})
         if "search" in args.models:
             exact, _ = njet_convert.convert(original, order="exact", input_size=(1, 28, 28))
-            searched = dataclasses.replace(cfg, sigma_delay_epochs=0.5, resolution_search=True)
+            searched = dataclasses.replace(cfg, resolution_search=True)  # same digits, same head: search at once
             rows.append({**_run("exact + resolution search", exact, data, args.epochs, searched), "scale": scale,
                          "px": px})
         if "toy" in args.models:

@@ -77,6 +77,38 @@ def test_cli_finetune_summary_and_plot_show_multiply_adds(tmp_path, capsys) -> N
     assert cli.main(argv) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]  # the summary line (--quiet would print none)
     assert "multiply-adds/image" in summary and "(fine-tuning)" in summary
-    assert (out / "feature_sizes.png").is_file()
+    assert (out / "feature_sizes.png").is_file() and (out / "resolution.png").is_file()
     row = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     assert row["multiply_adds"] > 0 and row["maps_at_1px"] == [] and "sigma_at_bound" in row
+    report = (out / "report.md").read_text()
+    assert "## Resolution learned in fine-tuning" in report
+    section = report.split("## Resolution learned in fine-tuning")[1]
+    points = [n for n, m in cli_points(out)]
+    assert points and all(f"| {n} |" in section for n in points)  # one row per subsampling point
+    assert f"{row['multiply_adds']:,}" in section  # multiply-adds after, as measured at the last epoch
+
+
+def cli_points(out):
+    import njet_convert
+
+    model = njet_convert.load(out)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, SafeSubsample)]
+
+
+def test_finetune_records_sigma_factor_and_map_size_per_stage(tmp_path, capsys) -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 1, 16, 16), torch.randint(0, 3, (32,))
+    net = _Net()
+    cfg = FinetuneConfig(lr=0.05, batch_size=16, plots=False, tensorboard=False)
+    result = finetune(net, (x, y), epochs=2, config=cfg, out_dir=tmp_path, device="cpu")
+    assert [r["name"] for r in result.stages_before] == ["sub"] and result.stages_before[0]["factor"] == 2.0
+    assert result.stages_after[0]["sigma"] == pytest.approx(float(net.conv.sigma.detach()))
+    assert result.stages_after[0]["factor"] == pytest.approx(net.sub.factor)
+    said = capsys.readouterr().err
+    assert f"stage sub: σ {result.stages_before[0]['sigma']:.3g} → {result.stages_after[0]['sigma']:.3g}" in said
+    assert "multiply-adds per image" in said
+    from njet_convert.training.checkpoint import read_checkpoint
+
+    history = read_checkpoint(tmp_path, net)["stage_history"]  # start + one row per epoch, kept for a resume
+    assert [h["step"] for h in history] == [0, 2, 4]
+    assert history[0]["stages"][0]["size"] == [8, 8]

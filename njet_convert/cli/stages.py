@@ -34,6 +34,7 @@ def write_run(run: Run, njet_model: nn.Module, original: nn.Module, report: Conv
     with staged(run.out, run.log) as stage:
         _finetune(run, njet_model, original, stage)
         _write_outputs(njet_model, report, stage)
+        _report_resolution(run.result.get("finetune"), stage)
         if run.args.export_onnx:
             _export(run, njet_model.eval(), example, stage)
         writing(stage, lambda: write_manifest(stage))
@@ -61,6 +62,19 @@ def _finetune(run: Run, njet_model: nn.Module, original: nn.Module, stage: Path)
                       f"continue with --resume {result.checkpoint}", 128 + signum)
     if result is not None:
         run.result["finetune"] = _jsonable(result)
+
+
+def _report_resolution(finetuned: Any, stage: Path) -> None:
+    """Append what fine-tuning did to resolution (σ and factor per stage, multiply-adds) to ``report.md``."""
+    if not isinstance(finetuned, dict):
+        return
+    from ..training.resolution import resolution_markdown
+
+    section = resolution_markdown(finetuned.get("stages_before") or [], finetuned.get("stages_after") or [],
+                                  (finetuned.get("multiply_adds_before"), finetuned.get("multiply_adds_after")))
+    if section:
+        path = stage / "report.md"
+        writing(stage, lambda: path.write_text(path.read_text() + "\n" + section + "\n"))
 
 
 def _jsonable(value: Any) -> Any:

@@ -57,6 +57,8 @@ class RunProgress:
     val_before: dict[str, float] | None = None
     partial: list[float] = field(default_factory=lambda: [0.0, 0, 0, 0])
     resolution_search: list[dict[str, Any]] | None = None  # the stages' choices, once the search has run
+    stages_before: list[dict[str, Any]] = field(default_factory=list)  # σ and factor per subsampling point
+    stage_history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: step, stages, map size per point
 
     def payload(self) -> dict[str, Any]:
         """The checkpoint keys of this progress (``partial`` is gathered over ranks by the caller)."""
@@ -65,6 +67,7 @@ class RunProgress:
             "history": {"epochs": self.history, "sigma": self.sigma_history, "sigma_steps": self.sigma_steps},
             "feature_sizes_before": self.sizes_before, "val_before": self.val_before,
             "multiply_adds_before": self.macs_before, "resolution_search": self.resolution_search,
+            "stages_before": self.stages_before, "stage_history": self.stage_history,
         }
 
     @classmethod
@@ -77,6 +80,7 @@ class RunProgress:
             sigma_history=list(hist.get("sigma", [])), sigma_steps=list(hist.get("sigma_steps", [])),
             sizes_before=dict(state.get("feature_sizes_before", {})), macs_before=state.get("multiply_adds_before"),
             val_before=state.get("val_before"), resolution_search=state.get("resolution_search"),
+            stages_before=list(state.get("stages_before", [])), stage_history=list(state.get("stage_history", [])),
         )
         partial = state.get("partial")
         if partial is not None and len(partial) == world_size:

@@ -47,7 +47,7 @@ from .metrics import EpochTotals, MetricsWriter, format_metrics, progress_bar, t
 from .optim import build_optimizer, build_scheduler
 from .plots import feature_sizes, sigma_values, write_plots
 from .precision import fp32_njet_kernels, resolve_precision
-from .resolution import multiply_adds, resolution_health
+from .resolution import multiply_adds, resolution_health, resolution_lines, stage_table
 from .resolution_search import resolution_stages, search_resolution
 
 __all__ = ["FinetuneResult", "NonFiniteLossError", "evaluate", "finetune"]
@@ -73,6 +73,8 @@ class FinetuneResult:
     multiply_adds_before: int | None = None  # per image of the first training (or validation) input
     multiply_adds_after: int | None = None
     resolution_search: list[dict[str, Any]] | None = None  # per stage: octave, σ and factor before/after, losses
+    stages_before: list[dict[str, Any]] = field(default_factory=list)  # per subsampling point: name, σ, factor
+    stages_after: list[dict[str, Any]] = field(default_factory=list)
 
 
 def finetune(
@@ -304,9 +306,11 @@ class _Trainer:
                                      resume_step=p.global_step if state is not None else None)
         self.probe = self._probe_batch() if main else None  # sizes, health and multiply-adds on rank 0
         if state is None:
+            p.stages_before = stage_table(self.model)
             if self.probe is not None:
                 p.sizes_before = feature_sizes(self.model, self.probe)
                 p.macs_before = multiply_adds(self.model, self.probe)
+                self._record_stages(p.sizes_before)
             if self.val_loader is not None:
                 p.val_before = evaluate(self.model, self.val_loader, self.ctx, self.precision, self.teacher)
                 self._say(f"validation before fine-tuning: {format_metrics(p.val_before)}")
@@ -320,6 +324,10 @@ class _Trainer:
         p = self.progress
         macs_after = multiply_adds(self.model, self.probe) if self.probe is not None else None
         plots = self._finish(macs_after) if not interrupted else {}
+        stages_after = stage_table(self.model)
+        if not interrupted:
+            for line in resolution_lines(p.stages_before, stages_after, (p.macs_before, macs_after)):
+                self._say(line)
         return FinetuneResult(
             model=self.model, epochs_done=p.epoch, global_step=p.global_step, interrupted=interrupted,
             signal=stop.requested if interrupted else None,
@@ -327,6 +335,7 @@ class _Trainer:
             val_after=p.history[-1].get("val") if p.history else None,
             checkpoint=self.last_good, out_dir=self.out_dir, plots=plots, multiply_adds_before=p.macs_before,
             multiply_adds_after=macs_after, resolution_search=p.resolution_search,
+            stages_before=list(p.stages_before), stages_after=stages_after,
         )
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -460,6 +469,11 @@ class _Trainer:
         self.progress.sigma_history.append(sigma_values(self.model))
         self.progress.sigma_steps.append(self.progress.global_step)
 
+    def _record_stages(self, sizes: dict[str, list[int]]) -> None:
+        """σ, factor and output size of every subsampling point now (the resolution plot over training)."""
+        stages = [{**row, "size": sizes.get(row["name"])} for row in stage_table(self.model)]
+        self.progress.stage_history.append({"step": self.progress.global_step, "stages": stages})
+
     def _resolution_row(self) -> dict[str, Any]:
         """σ on a bound, maps of 1 px and multiply-adds per image now (rank 0; said on stderr when not empty)."""
         if not self.ctx.is_main:
@@ -468,6 +482,8 @@ class _Trainer:
         row: dict[str, Any] = dict(resolution_health(self.model, sizes))
         if self.probe is not None:
             row["multiply_adds"] = multiply_adds(self.model, self.probe)
+        if sizes is not None:
+            self._record_stages(sizes)
         for key, what in (("sigma_at_bound", "σ on its bound"), ("maps_at_1px", "feature map down to 1 px")):
             if row.get(key):
                 self._say(f"{what}: {', '.join(row[key])}")

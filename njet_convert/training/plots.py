@@ -15,6 +15,7 @@ __all__ = [
     "feature_sizes",
     "plot_feature_sizes",
     "plot_first_filters",
+    "plot_resolution",
     "plot_sigma_history",
     "sigma_values",
     "write_plots",
@@ -80,6 +81,30 @@ def plot_sigma_history(history: list[dict[str, float]], steps: list[int], path: 
     return Path(path)
 
 
+def plot_resolution(history: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """σ (top) and output-map height (bottom) of every subsampling point against the training step: the network's
+    resolution over fine-tuning, stage by stage (``history``: ``RunProgress.stage_history``)."""
+    if not history or not history[0]["stages"]:
+        return None
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    steps = [h["step"] for h in history]
+    for i, stage in enumerate(history[0]["stages"]):
+        rows = [h["stages"][i] if i < len(h["stages"]) else {} for h in history]
+        top.plot(steps, [r.get("sigma", float("nan")) for r in rows], marker="o", ms=3, label=stage["name"])
+        bottom.plot(steps, [(r.get("size") or [float("nan")])[0] for r in rows], marker="o", ms=3)
+    top.set_ylabel("σ of the stage")
+    top.set_title("resolution per subsampling point during fine-tuning")
+    bottom.set_ylabel("output map height (px)")
+    bottom.set_xlabel("optimiser step")
+    if len(history[0]["stages"]) <= 12:
+        top.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_feature_sizes(before: dict[str, list[int]], after: dict[str, list[int]], path: str | Path,
                        multiply_adds: tuple[int, int] | None = None) -> Path | None:
     """Bars of each layer's output height before and after fine-tuning (the paper's Figs. 7–8); the title gives
@@ -135,12 +160,14 @@ def plot_first_filters(model: nn.Module, path: str | Path, max_filters: int = 64
 
 def write_plots(model: nn.Module, out_dir: Path, progress: Any, probe: Tensor | None,
                 multiply_adds_after: int | None) -> dict[str, Path]:
-    """The PNGs of a finished run in ``out_dir``: σ over the steps, the first layer's filters, and (with a probe
+    """The PNGs of a finished run in ``out_dir``: σ over the steps, σ and map size per stage over the steps
+    (``resolution.png``), the first layer's filters, and (with a probe
     image and sizes before training) feature-map sizes before and after; ``progress`` is the run's
     :class:`~njet_convert.training.checkpoint.RunProgress`. Raises ImportError without matplotlib."""
     made = {
         "sigma": plot_sigma_history(progress.sigma_history, progress.sigma_steps, out_dir / "sigma.png"),
         "filters": plot_first_filters(model, out_dir / "first_layer_filters.png"),
+        "resolution": plot_resolution(getattr(progress, "stage_history", []), out_dir / "resolution.png"),
     }
     if probe is not None and progress.sizes_before:
         after = feature_sizes(model, probe)

@@ -10,13 +10,22 @@ follows σ, since safe subsampling shrinks the maps of coarse layers).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from njet_layers import NJetConv2d, SafeSubsample
 
-__all__ = ["collapsed_maps", "multiply_adds", "resolution_health", "sigmas_at_bounds"]
+__all__ = [
+    "collapsed_maps",
+    "multiply_adds",
+    "resolution_health",
+    "resolution_lines",
+    "resolution_markdown",
+    "sigmas_at_bounds",
+    "stage_table",
+]
 
 _REL_TOL = 1e-3  # σ within 0.1 % of a bound counts as on it
 
@@ -35,6 +44,38 @@ def sigmas_at_bounds(model: nn.Module) -> dict[str, str]:
         elif sigma >= hi * (1 - _REL_TOL):
             out[name] = "max"
     return out
+
+
+def stage_table(model: nn.Module) -> list[dict[str, Any]]:
+    """``{"name", "sigma", "factor"}`` of every subsampling point in network order: σ (of the N-Jet layer that
+    drives it, or its own) and the factor it subsamples by — the network's resolution, stage by stage."""
+    return [{"name": name, "sigma": float(m.sigma.detach()), "factor": m.factor}
+            for name, m in model.named_modules() if isinstance(m, SafeSubsample)]
+
+
+def resolution_lines(before: list[dict[str, Any]], after: list[dict[str, Any]], macs: tuple[int | None, int | None]
+                     ) -> list[str]:
+    """What fine-tuning did to resolution, one line per stage (``stage NAME: σ 0.475 → 0.95, factor 2 → 4``) and
+    multiply-adds per image before → after when both are known."""
+    lines = [f"stage {b['name']}: σ {b['sigma']:.3g} → {a['sigma']:.3g}, factor {b['factor']:.3g} → {a['factor']:.3g}"
+             for b, a in zip(before, after, strict=False)]
+    if None not in macs:
+        lines.append(f"multiply-adds per image {macs[0]:,} → {macs[1]:,}")
+    return lines
+
+
+def resolution_markdown(before: list[dict[str, Any]], after: list[dict[str, Any]],
+                        macs: tuple[int | None, int | None]) -> str:
+    """The ``report.md`` section "Resolution learned in fine-tuning": σ and factor per stage before and after, then
+    multiply-adds per image before → after ("" for a network without subsampling points or measured cost)."""
+    if not before and None in macs:
+        return ""
+    rows = [f"| {b['name']} | {b['sigma']:.4g} | {a['sigma']:.4g} | {b['factor']:.4g} | {a['factor']:.4g} |"
+            for b, a in zip(before, after, strict=False)]
+    table = (["| stage | σ before | σ after | factor before | factor after |", "|---|---|---|---|---|", *rows]
+             if rows else [])
+    cost = [f"Multiply-adds per image: {macs[0]:,} → {macs[1]:,}."] if None not in macs else []
+    return "\n".join(["## Resolution learned in fine-tuning", "", *table, *([""] if table and cost else []), *cost])
 
 
 def collapsed_maps(sizes: dict[str, list[int]]) -> list[str]:
