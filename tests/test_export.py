@@ -20,6 +20,7 @@ from njet_convert.converter import convert
 from njet_convert.export import OnnxExportError, VerificationError, export_onnx, freeze
 from njet_convert.export.adaptive_pool import MatrixAdaptiveAvgPool2d
 from njet_convert.export.freeze import max_relative_error, njet_modules
+from njet_convert.export.separable import layer_costs, separable_form
 from njet_convert.models.unet import UNet
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample
 
@@ -186,6 +187,19 @@ def test_separable_form_is_exact_and_auto_picks_it_for_large_sigma(tmp_path) -> 
     result = export_onnx(model, tmp_path / "s.onnx", x)
     assert max(result.checks.values()) <= 1e-4
     assert json.loads(result.metadata["njet.layers"])[0]["form"] == "separable"
+
+
+@pytest.mark.parametrize("order", [(2, 2), (1, 3)])
+def test_tensor_basis_separable_form_filters_each_y_map_once(order: tuple[int, int]) -> None:
+    layer = NJetConv2d(6, 8, order=order, sigma=1.3, bias=True, stride=(1, 2)).eval()
+    chain = separable_form(layer)
+    n_j, n_m, size = order[1] + 1, (order[0] + 1) * (order[1] + 1), layer.kernel_size
+    assert chain[1].groups == 6 * n_j  # one group per y-map: no zero weights
+    costs = layer_costs(layer)
+    assert costs.separable == 2 * 6 * n_j * size + 6 * n_m * size + 6 * n_m * 8
+    x = torch.randn(2, 6, 19, 23)
+    with torch.no_grad():
+        assert max_relative_error(chain(x), layer(x)) <= 1e-5
 
 
 def test_dynamo_exporter(tmp_path) -> None:

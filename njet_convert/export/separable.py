@@ -5,12 +5,15 @@ Every basis filter is separable, ``g_j(y) · g_i(x)``, so an N-Jet layer can run
 1. ``Conv2d(C, C·J, (s, 1), groups=C)``: each input channel filtered along y by the ``J = n_y + 1`` 1-D
    filters of the layer's basis (``NJetConv2d.axis_filters``: the Gaussian derivatives ``g_0..g_N`` of the jet, or
    the per-axis mixed rows of a tensor basis);
-2. ``Conv2d(C·J, C·M, (1, s), groups=C)``: along x, basis map ``m = (i, j)`` reads the y-map of order ``j`` with
-   the x filter ``i`` (zero weights on the other ``J - 1`` inputs of the group);
+2. along x, basis map ``m = (i, j)`` reads the y-map of order ``j`` with the x filter ``i``. A tensor basis pairs
+   every y-map with the same ``I = n_x + 1`` x filters, so this is ``Conv2d(C·J, C·M, (1, s), groups=C·J)``, one
+   group per y-map; the jet pairs y-map ``j`` with ``N - j + 1`` of them, so it is ``Conv2d(C·J, C·M, (1, s),
+   groups=C)`` with zero weights on the other ``J - 1`` inputs of each group;
 3. ``Conv2d(C·M, C_out, 1, groups=g)``: the 1×1 combine with α (and the bias).
 
 Cost per output pixel in multiply-adds (:func:`layer_costs`): dense ``s² · C/g · C_out``; separable
-``stride_x · C·J·s + C·M·J·s + C/g · M · C_out`` — flat in σ where the dense cost grows with ``s²``. The grouped and
+``stride_x · C·J·s + C·M·s·(1 or J) + C/g · M · C_out`` (tensor basis or jet) — flat in σ where the dense cost
+grows with ``s²``. The grouped and
 depthwise stages run well below a dense conv's arithmetic throughput, so ``"auto"`` picks the separable form only
 when it saves a factor ``separable_gain`` (default 2) in multiply-adds.
 """
@@ -23,7 +26,7 @@ import torch
 from torch import nn
 
 from njet_layers import NJetConv2d, basis_orders
-from njet_layers.basis import axis_orders
+from njet_layers.basis import axis_orders, is_tensor_basis
 
 __all__ = ["LayerCosts", "dense_form", "layer_costs", "separable_form"]
 
@@ -43,7 +46,8 @@ def layer_costs(layer: NJetConv2d) -> LayerCosts:
     dense = s * s * (c_in // groups) * c_out
     if layer.dilation != (1, 1):  # the separable chain assumes adjacent taps
         return LayerCosts(dense=dense, separable=2**62)
-    separable = layer.stride[1] * c_in * j * s + c_in * m * j * s + (c_in // groups) * m * c_out
+    per_map = 1 if is_tensor_basis(layer.order) else j  # inputs each x filter reads (module docstring, stage 2)
+    separable = layer.stride[1] * c_in * j * s + c_in * m * per_map * s + (c_in // groups) * m * c_out
     return LayerCosts(dense=dense, separable=separable)
 
 
@@ -74,14 +78,28 @@ def separable_form(layer: NJetConv2d) -> nn.Sequential:
     along_y = nn.Conv2d(c_in, c_in * n_j, (size, 1), stride=(layer.stride[0], 1), padding=(pad[0], 0),
                         groups=c_in, bias=False, **factory)
     along_y.weight.copy_(g_y.repeat(c_in, 1).view(c_in * n_j, 1, size, 1))
-    along_x = nn.Conv2d(c_in * n_j, c_in * n_m, (1, size), stride=(1, layer.stride[1]), padding=(0, pad[1]),
-                        groups=c_in, bias=False, **factory)
-    block = torch.zeros(n_m, n_j, size, **factory)
-    for m, (i, j) in enumerate(pairs):
-        block[m, j] = g_x[i]
-    along_x.weight.copy_(block.repeat(c_in, 1, 1).view(c_in * n_m, n_j, 1, size))
+    along_x = _along_x(layer, g_x, c_in, n_j, pad[1], factory)
     combine = nn.Conv2d(c_in * n_m, c_out, 1, groups=groups, bias=layer.bias is not None, **factory)
     combine.weight.copy_(alpha.reshape(c_out, (c_in // groups) * n_m, 1, 1))
     if layer.bias is not None:
         combine.bias.copy_(layer.bias.detach())
     return nn.Sequential(along_y, along_x, combine).eval()
+
+
+def _along_x(layer: NJetConv2d, g_x: torch.Tensor, c_in: int, n_j: int, pad: int, factory: dict) -> nn.Conv2d:
+    """Stage 2 of the chain (module docstring): output channel ``c·M + m`` is basis map ``m = (i, j)`` of input
+    channel ``c``, the y-map ``c·J + j`` filtered along x by ``g_x[i]``."""
+    pairs, size = basis_orders(layer.order), g_x.shape[1]
+    n_m, stride = len(pairs), (1, layer.stride[1])
+    if is_tensor_basis(layer.order):  # m = j·I + i: each y-map feeds the I consecutive maps of its own group
+        conv = nn.Conv2d(c_in * n_j, c_in * n_m, (1, size), stride=stride, padding=(0, pad), groups=c_in * n_j,
+                         bias=False, **factory)
+        conv.weight.copy_(g_x.repeat(c_in * n_j, 1).view(c_in * n_m, 1, 1, size))
+        return conv
+    conv = nn.Conv2d(c_in * n_j, c_in * n_m, (1, size), stride=stride, padding=(0, pad), groups=c_in, bias=False,
+                     **factory)
+    block = torch.zeros(n_m, n_j, size, **factory)
+    for m, (i, j) in enumerate(pairs):
+        block[m, j] = g_x[i]
+    conv.weight.copy_(block.repeat(c_in, 1, 1).view(c_in * n_m, n_j, 1, size))
+    return conv
