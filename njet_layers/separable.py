@@ -13,15 +13,16 @@ Unlike :mod:`njet_layers.basis_first` no ``M × C_in`` intermediate is formed: t
 and ``J · C_out`` (Z) per pixel (4 + 4 channels' worth at order 3 instead of 4 + 10), and the multiply-adds do
 not grow with σ (docs/design.md, "Basis index sets").
 
-Layout (why it is fast in eager PyTorch): every stage is a large BLAS product with no layout copy but one cheap
-``N ↔ C`` swap of the input. With the input as ``[C, N, H, W]``, the horizontal pass is one GEMM per ``i``,
-``x [(C·N·H), W] @ T_x[i]ᵀ [W, W']`` (a banded Toeplitz matrix carrying padding, stride and crop), giving ``X`` as
-``[(I·C), (N·H·W')]``; the combine is one GEMM per ``j``, ``Xᵀ[:, :w_j·C] @ A_j`` → ``Z_j [(N·H·W'), C_out]``; the
-vertical pass is ``T_y[j] [H', H] @ Z_j[n] [H, (W'·C_out)]`` per image (one batched product, accumulated over
-``j``), whose result ``[N, H', W', C_out]`` is the channels-last output. Long axes are cut into tiles of output
-rows (``SEPARABLE_TILE``) so each Toeplitz block is ``tile + 2R`` wide. The backward pass is written out (the same
-products transposed) and keeps ``x``, ``X`` and ``Z``; in training those buffers (and their gradients') come from
-a :class:`Workspace` the layer reuses across steps.
+Layout (why it is fast in eager PyTorch): every stage is a large BLAS product with no layout copy but one cheap ``N ↔
+C`` swap of the input. With the input as ``[C, N, H, W]``, the horizontal pass is one GEMM per ``i``, ``x [(C·N·H), W]
+@ T_x[i]ᵀ [W, W']`` (a banded Toeplitz matrix carrying padding, stride and crop), giving ``X`` as ``[(I·C),
+(N·H·W')]``; the combine is one GEMM per ``j``, ``Xᵀ[:, :w_j·C] @ A_j`` → ``Z_j [(N·H·W'), C_out]`` (for a tensor
+basis, whose ``w_j`` are all ``I``, one GEMM for every ``j`` and one copy into the ``J`` slices); the vertical pass is
+``T_y[j] [H', H] @ Z_j[n] [H, (W'·C_out)]`` per image (one batched product, accumulated over ``j``), whose result
+``[N, H', W', C_out]`` is the channels-last output. Long axes are cut into tiles of output rows (``SEPARABLE_TILE``)
+so each Toeplitz block is ``tile + 2R`` wide. The backward pass is written out (the same products transposed) and
+keeps ``x``, ``X`` and ``Z``; in training those buffers (and their gradients') come from a :class:`Workspace` the
+layer reuses across steps.
 
 Groups: ``groups == 1`` only; other groupings use :mod:`njet_layers.basis_first`.
 """
@@ -107,6 +108,27 @@ def _widths(order: BasisOrder) -> tuple[int, ...]:
     return widths
 
 
+def _uniform(widths: tuple[int, ...], num_i: int) -> bool:
+    """Whether every vertical order pairs with all ``I`` horizontal ones (a tensor basis): then the combine is one
+    GEMM ``[P, I·C] @ [I·C, J·O]`` — one large product runs faster than ``J`` narrow ones (measured on the
+    project's CPU: 28 against 37 ms forward for 64 channels, 32², batch 32) — at the price of one copy to ``J``
+    slices."""
+    return all(width == num_i for width in widths)
+
+
+def _joint_weights(a: Tensor) -> Tensor:
+    """``a [J, I·C, O]`` as the one combine matrix ``[I·C, J·O]`` (column ``j·O + o``)."""
+    return a.transpose(0, 1).reshape(a.shape[1], -1)
+
+
+def _combine_weight_grad(xf: Tensor, g_z: Tensor, a: Tensor, widths: tuple[int, ...], c: int) -> Tensor:
+    """``dL/da`` of the per-``j`` combine: ``X[:w_j·C] @ dZ_j``, zeros where the index set has no pair."""
+    g_a = torch.zeros_like(a)
+    for j, width in enumerate(widths):
+        torch.mm(xf[: width * c], g_z[j], out=g_a[j, : width * c])
+    return g_a
+
+
 class _Separable(torch.autograd.Function):
     """``x [C, N, H, W]`` → ``[N, H', W', O]`` (channels-last storage) through the stages of the module docstring."""
 
@@ -124,8 +146,13 @@ class _Separable(torch.autograd.Function):
                 torch.mm(x2[:, i_lo:i_hi], tx[i, o_lo:o_hi, i_lo:i_hi].t(), out=xmaps[i][:, o_lo:o_hi])
         xf = xmaps.view(num_i * c, n * h * wo)
         zmaps = take((num_j, n * h * wo, out_ch), x)
-        for j, width in enumerate(widths):
-            torch.mm(xf[: width * c].t(), a[j, : width * c], out=zmaps[j])
+        if _uniform(widths, num_i):  # one GEMM for every j (module docstring, "Layout"), then split per j
+            joint = take((n * h * wo, num_j * out_ch), x)
+            torch.mm(xf.t(), _joint_weights(a), out=joint)
+            zmaps.copy_(joint.view(-1, num_j, out_ch).transpose(0, 1))
+        else:
+            for j, width in enumerate(widths):
+                torch.mm(xf[: width * c].t(), a[j, : width * c], out=zmaps[j])
         zv = zmaps.view(num_j, n, h, wo * out_ch)
         out = x.new_empty(n, ho, wo * out_ch)
         for o_lo, o_hi, i_lo, i_hi in band_tiles(ty, tile):
@@ -166,18 +193,20 @@ class _Separable(torch.autograd.Function):
                 torch.bmm(blk, gv[:, o_lo:o_hi], out=g_z[j][:, i_lo:i_hi])
         g_z = g_zmaps
         xf = xmaps.view(num_i * c, n * h * wo)
-        g_a = None
-        if need_a:
-            g_a = torch.zeros_like(a)
-            for j, width in enumerate(widths):
-                torch.mm(xf[: width * c], g_z[j], out=g_a[j, : width * c])
         g_xm = take(tuple(xmaps.shape), xmaps)
         g_xf = g_xm.view_as(xf)
-        for j, width in enumerate(widths):  # widths[0] is the full I: it initialises g_x maps
-            if j == 0:
-                torch.mm(a[j, : width * c], g_z[j].t(), out=g_xf[: width * c])
-            else:
-                g_xf[: width * c].addmm_(a[j, : width * c], g_z[j].t())
+        if _uniform(widths, num_i):
+            g_joint = take((n * h * wo, num_j * out_ch), zmaps)
+            g_joint.view(-1, num_j, out_ch).copy_(g_z.transpose(0, 1))
+            g_a = torch.mm(xf, g_joint).view(-1, num_j, out_ch).transpose(0, 1).contiguous() if need_a else None
+            torch.mm(_joint_weights(a), g_joint.t(), out=g_xf)
+        else:
+            g_a = _combine_weight_grad(xf, g_z, a, widths, c) if need_a else None
+            for j, width in enumerate(widths):  # widths[0] is the full I: it initialises g_x maps
+                if j == 0:
+                    torch.mm(a[j, : width * c], g_z[j].t(), out=g_xf[: width * c])
+                else:
+                    g_xf[: width * c].addmm_(a[j, : width * c], g_z[j].t())
         x2 = x.view(c * n * h, w)
         g_tx = torch.zeros_like(tx) if need_tx else None
         if g_tx is not None:
