@@ -305,7 +305,9 @@ class NJetConv2d(nn.Module):
         pad = tuple(d * radius - c for d, c in zip(self.dilation, self.crop, strict=True))
         full = tuple(n - 2 * c for n, c in zip(x.shape[-2:], self.crop, strict=True))
         rows, cols = sampler.sample_grid(full)  # type: ignore[operator]
-        return conv2d_at(x, weight, self.bias, rows, cols, pad, self.dilation, self.groups)  # type: ignore[arg-type]
+        out = conv2d_at(x, weight, self.bias, rows, cols, pad, self.dilation, self.groups)  # type: ignore[arg-type]
+        sampler.mark_sampled(out)  # type: ignore[operator]
+        return out
 
     def _forward_separable(self, x: Tensor) -> Tensor:
         workspace = self._workspace if self.training and uses_grad(self) else None

@@ -28,6 +28,7 @@ own bounds bound the factor. The paper's law stays the default, and the only law
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Literal
 
 import torch
@@ -238,10 +239,24 @@ class SafeSubsample(nn.Module):
 
     def fuse_into(self, producer: nn.Module) -> None:
         """Let ``producer`` (the NJetConv2d whose output this module alone reads) compute only the pixels that
-        ``nearest`` mode keeps, in training (:mod:`njet_layers.sampled_conv`); this module then passes its input
-        on. Eval mode, other modes and exporters keep the plain conv → subsample pair."""
+        ``nearest`` mode keeps, in training (:mod:`njet_layers.sampled_conv`); this module then passes that output
+        on (and subsamples any other input: the producer replaced by another module). Eval mode, other modes and
+        exporters keep the plain conv → subsample pair."""
         object.__setattr__(self, "_producer", producer)
         object.__setattr__(producer, "_sampler", self)
+
+    def mark_sampled(self, output: Tensor) -> None:
+        """Called by the fused producer with the output it already subsampled (see :meth:`fuse_into`)."""
+        object.__setattr__(self, "_sampled_output", weakref.ref(output))
+
+    def _is_sampled(self, x: Tensor) -> bool:
+        ref = self.__dict__.get("_sampled_output")
+        return ref is not None and ref() is x
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state.pop("_sampled_output", None)  # a weak reference to the last output: neither picklable nor needed
+        return state
 
     def samples_in_producer(self) -> bool:
         """Whether the fused producer computes this subsampling now (the one decision both modules follow)."""
@@ -250,7 +265,7 @@ class SafeSubsample(nn.Module):
         return not (torch.jit.is_tracing() or torch.compiler.is_compiling())  # type: ignore[attr-defined,no-untyped-call]
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.samples_in_producer():
+        if self.samples_in_producer() and self._is_sampled(x):
             return x
         factor = self.factor
         size = self.output_size((x.shape[-2], x.shape[-1]))

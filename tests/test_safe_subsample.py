@@ -142,3 +142,28 @@ def test_fused_subsampling_computes_only_the_kept_pixels_with_the_same_gradients
     assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
     for a, b in zip(outs[0][1], outs[1][1], strict=True):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_a_fused_subsampling_whose_producer_was_replaced_subsamples_itself() -> None:
+    """Replacing a converted layer after conversion (a new NJetConv2d in its place) must not leave its fused
+    SafeSubsample passing the new layer's full-resolution output on; the model still pickles after a step."""
+    import io
+
+    import njet_convert
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
+    fused, _ = njet_convert.convert(model, order="exact")
+    x = torch.randn(2, 3, 16, 16)
+    expected = fused.train()(x).shape
+    torch.save(fused, io.BytesIO())  # holds a weak reference to that output now
+    for name, layer in list(fused.named_modules()):
+        sampler = getattr(layer, "_sampler", None)
+        if isinstance(layer, NJetConv2d) and sampler is not None:
+            parent, _, attr = name.rpartition(".")
+            setattr(fused.get_submodule(parent) if parent else fused, attr,
+                    NJetConv2d(layer.in_channels, layer.out_channels, order=2, sigma=float(layer.sigma.detach())))
+            break
+    else:
+        raise AssertionError("no fused subsampling in the converted model")
+    assert fused.train()(x).shape == expected
