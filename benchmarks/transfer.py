@@ -22,6 +22,7 @@ Fashion-MNIST's training set, test images the first ``--test`` of its test set; 
     python benchmarks/transfer.py --quick            # MNIST CNN, 2000 train / 500 test, 2 epochs: < 10 min
     python benchmarks/transfer.py                    # 4000 / 1000, 2 epochs
     python benchmarks/transfer.py --mobilenet        # also MobileNetV2 (ImageNet weights), reference size 56 px
+    python benchmarks/transfer.py --quick --networks mobilenet_v2 --variants learned --search-batchnorm batch
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ def _run(model: nn.Module, data: tuple, args, sigma_lr: float, search: bool = Fa
     before = stages(model)
     cfg = FinetuneConfig(lr=args.lr, sigma_lr=sigma_lr, batch_size=64, seed=0, warmup_epochs=0.1, progress=False,
                          plots=False, tensorboard=False, max_steps_per_epoch=args.max_steps,
-                         sigma_delay_epochs=args.sigma_delay, resolution_search=search)
+                         sigma_delay_epochs=args.sigma_delay, resolution_search=search,
+                         search_batchnorm=args.search_batchnorm)
     start = time.perf_counter()
     result = finetune(model, (x_tr, y_tr), epochs=args.epochs, config=cfg, device="cpu")
     seconds = (time.perf_counter() - start) / max(result.global_step, 1)
@@ -158,6 +160,10 @@ def _run(model: nn.Module, data: tuple, args, sigma_lr: float, search: bool = Fa
         macs = onnx_multiply_adds(path)
     return {"acc": _accuracy(model, x_te, y_te), "before": before, "after": stages(model), "macs": macs,
             "step": seconds}
+
+
+_NETWORKS = {"mnist_cnn": ("MNIST CNN", _mnist_cnn), "mobilenet_v2": ("MobileNetV2", _mobilenet)}
+_VARIANTS = {"original": "original", "learned": "converted, resolution learned", "frozen": "converted, σ frozen"}
 
 
 def _fmt(values: list[tuple[float, float]], which: int) -> str:
@@ -176,7 +182,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch")
     parser.add_argument("--covariant", action="store_true",
                         help="resolution learned = covariant law + σ gradients, no search (the earlier variant)")
+    parser.add_argument("--search-batchnorm", choices=("running", "batch"), default="running",
+                        help="batch-norm statistics of the search (FinetuneConfig.search_batchnorm)")
     parser.add_argument("--mobilenet", action="store_true", help="also MobileNetV2 (ImageNet weights)")
+    parser.add_argument("--networks", nargs="+", choices=tuple(_NETWORKS), default=None,
+                        help="the networks to run (default: mnist_cnn, and mobilenet_v2 with --mobilenet)")
+    parser.add_argument("--variants", nargs="+", choices=_VARIANTS, default=list(_VARIANTS),
+                        help="the rows to run per scale (default all three)")
     parser.add_argument("--quick", action="store_true", help="MNIST CNN, 2000 train / 500 test, 2 epochs")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -184,23 +196,28 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.train, args.test, args.epochs = 2000, 500, 2
     x_tr, y_tr, x_te, y_te = fashion_split(args.train, args.test)
-    builders = {"MNIST CNN": _mnist_cnn, **({"MobileNetV2": _mobilenet} if args.mobilenet else {})}
+    networks = args.networks or ["mnist_cnn"] + (["mobilenet_v2"] if args.mobilenet else [])
+    learning = ("covariant law, no search" if args.covariant else
+                f"search when σ is released ({args.search_batchnorm} batch-norm statistics)")
     print(f"Fashion-MNIST, {args.train} train / {args.test} test (fixed split), {args.epochs} epoch(s), SGD lr "
           f"{args.lr:g}, σ lr {args.sigma_lr:g} (held {args.sigma_delay:g} epochs), batch 64, cosine; "
-          f"resolution learned: {'covariant law, no search' if args.covariant else 'search when σ is released'}\n")
+          f"resolution learned: {learning}\n")
     print("| network | scale (px) | variant | test acc % | σ per stage before → after | factor per stage before → "
           "after | ONNX multiply-adds/image | s/step |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, build in builders.items():
+    for network in networks:
+        name, build = _NETWORKS[network]
         for scale in args.scales:
             original, converted, info = build()
             size = max(4, round(info["ref"] * scale))
             data = (_prepare(x_tr, size, info), y_tr, _prepare(x_te, size, info), y_te)
             learned = _covariant(copy.deepcopy(converted)) if args.covariant else copy.deepcopy(converted)
             variants = {"original": (original, args.lr, False),
-                        "converted, resolution learned": (learned, args.sigma_lr, not args.covariant),
-                        "converted, σ frozen": (_freeze_sigma(copy.deepcopy(converted)), 0.0, False)}
-            for variant, (model, sigma_lr, search) in variants.items():
+                        "learned": (learned, args.sigma_lr, not args.covariant),
+                        "frozen": (_freeze_sigma(copy.deepcopy(converted)), 0.0, False)}
+            for key in args.variants:
+                model, sigma_lr, search = variants[key]
+                variant = _VARIANTS[key]
                 torch.manual_seed(0)
                 r = _run(model, data, args, sigma_lr, search)
                 print(f"| {name} | {scale:g}× ({size}) | {variant} | {r['acc']:.1f} | {_fmt(r['before'], 0)} → "

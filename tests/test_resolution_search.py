@@ -12,7 +12,7 @@ from torch import nn
 
 import njet_convert
 from njet_convert.training import FinetuneConfig, finetune
-from njet_convert.training.resolution_search import resolution_stages, search_resolution
+from njet_convert.training.resolution_search import own_batch_statistics, resolution_stages, search_resolution
 from njet_layers import NJetConv2d, SafeSubsample
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,6 +87,8 @@ def test_octaves_must_include_staying() -> None:
         FinetuneConfig(search_octaves=(1.0,))
     with pytest.raises(ValueError, match="search_batches"):
         FinetuneConfig(search_batches=0)
+    with pytest.raises(ValueError, match="search_batchnorm"):
+        FinetuneConfig(search_batchnorm="stored")
 
 
 class _Net(nn.Module):
@@ -137,5 +139,60 @@ def test_command_line_options_reach_the_config() -> None:
     parser = argparse.ArgumentParser()
     add_training_arguments(parser)
     cfg = config_from_args(parser.parse_args(["--resolution-search", "--sigma-delay-epochs", "0.5"]))
-    assert cfg.resolution_search and cfg.sigma_delay_epochs == 0.5
+    assert cfg.resolution_search and cfg.sigma_delay_epochs == 0.5 and cfg.search_batchnorm == "running"
+    assert config_from_args(parser.parse_args(["--search-batchnorm", "batch"])).search_batchnorm == "batch"
     assert not config_from_args(parser.parse_args([])).resolution_search
+
+
+def _stale_batchnorm(bn: nn.BatchNorm2d) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        bn.running_mean.fill_(5.0)
+        bn.running_var.fill_(9.0)
+    return {k: v.clone() for k, v in bn.state_dict().items()}
+
+
+def test_own_batch_statistics_normalise_each_batch_and_keep_the_running_ones() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Dropout(0.5)).eval()
+    bn, x = model[1], torch.randn(8, 1, 6, 6)
+    saved = _stale_batchnorm(bn)
+    with own_batch_statistics(model):
+        out = model(x)
+        assert not model[2].training  # dropout stays off
+    h = model[0](x)
+    expected = (h - h.mean((0, 2, 3), keepdim=True)) / (h.var((0, 2, 3), unbiased=False, keepdim=True) + bn.eps).sqrt()
+    torch.testing.assert_close(out, expected * bn.weight[:, None, None] + bn.bias[:, None, None])
+    assert not bn.training and bn.track_running_stats
+    for key, value in bn.state_dict().items():
+        torch.testing.assert_close(value, saved[key])
+
+
+class _NormNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = NJetConv2d(1, 4, order=2, sigma=1.0)
+        self.bn = nn.BatchNorm2d(4)
+        self.sub = SafeSubsample(r=4.0, source=self.conv)
+        self.sub.start_at(2.0)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.sub(self.bn(self.conv(x)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("batch_statistics", [False, True])
+def test_the_search_measures_with_the_batch_norm_statistics_asked_for(batch_statistics: bool) -> None:
+    torch.manual_seed(0)
+    model, x, y = _NormNet().train(), torch.randn(16, 1, 12, 12), torch.randint(0, 3, (16,))
+    saved = _stale_batchnorm(model.bn)
+    seen: list[bool] = []
+
+    def loss(m: nn.Module) -> float:
+        seen.append(m.bn.training and m.bn.running_mean is None)
+        return float(F.cross_entropy(m(x), y).detach())
+
+    search_resolution(model, loss, resolution_stages(model, x[:2]), batch_statistics=batch_statistics)
+    assert seen and set(seen) == {batch_statistics}
+    assert model.training and model.bn.training  # the model's mode is back
+    for key, value in model.bn.state_dict().items():
+        torch.testing.assert_close(value, saved[key])

@@ -46,6 +46,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     g.add_argument("--resolution-search", action="store_true",
                    help="when σ is released, choose each stage's octave of σ and subsampling factor by the loss "
                         "(a converted network absorbing a zoom: docs/design.md)")
+    g.add_argument("--search-batchnorm", choices=("running", "batch"), default="running",
+                   help="batch-norm statistics the search judges moves with: the running ones of the old "
+                        "resolution, or each batch's own as in training (default running)")
     g.add_argument("--alpha-decay", type=float, default=1e-4, help="L2 weight on α (paper: 1e-4..1e-2)")
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--schedule", choices=SCHEDULES, default="cosine")
@@ -70,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         optimizer=args.optimizer, lr=args.lr, sigma_lr=args.sigma_lr, alpha_decay=args.alpha_decay,
         sigma_delay_epochs=getattr(args, "sigma_delay_epochs", 0.0),
         resolution_search=getattr(args, "resolution_search", False),
+        search_batchnorm=getattr(args, "search_batchnorm", "running"),
         weight_decay=args.weight_decay, momentum=getattr(args, "momentum", 0.9),
         betas=tuple(getattr(args, "betas", None) or (0.9, 0.999)),
         schedule=args.schedule, milestones=tuple(args.milestones or ()), step_gamma=args.gamma,

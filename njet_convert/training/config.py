@@ -45,6 +45,9 @@ class FinetuneConfig:
     octave of σ and subsampling factor of lowest training loss among ``search_octaves``, measured on
     ``search_batches`` training batches (:mod:`njet_convert.training.resolution_search`): the factor has no
     gradient, so this is how a converted network moves its resolution by whole octaves (a zoomed input).
+    ``search_batchnorm``: the statistics batch norm normalises by while the search measures the loss —
+    ``"running"`` (eval mode: those gathered at the old resolution) or ``"batch"`` (each batch's own, as training
+    does, so that a move is not judged by statistics of the resolution it leaves).
     """
 
     lr: float = 0.01
@@ -60,6 +63,7 @@ class FinetuneConfig:
     resolution_search: bool = False
     search_octaves: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
     search_batches: int = 4
+    search_batchnorm: Literal["running", "batch"] = "running"
     schedule: Literal["cosine", "step", "multistep", "poly", "constant"] = "cosine"
     warmup_epochs: float = 0.0  # linear warm-up from ``warmup_start * lr``; fractional epochs allowed
     warmup_start: float = 0.1
@@ -108,6 +112,8 @@ class FinetuneConfig:
             raise ValueError(f"search_octaves must be finite and include 0, got {self.search_octaves!r}")
         if isinstance(self.search_batches, bool) or not isinstance(self.search_batches, int) or self.search_batches < 1:
             raise ValueError(f"search_batches must be a positive integer, got {self.search_batches!r}")
+        if self.search_batchnorm not in ("running", "batch"):
+            raise ValueError(f"search_batchnorm must be 'running' or 'batch', got {self.search_batchnorm!r}")
         self.betas = tuple(self.betas)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")

@@ -265,7 +265,8 @@ class _Trainer:
         batches = self.train_loader.epoch(p.epoch + 7919, 0)  # its own fixed batches: the run's stream is untouched
         probes = [split_batch(b) for _, b in zip(range(cfg.search_batches), batches, strict=False)]
         stages = resolution_stages(self.model, to_device(probes[0][0], self.ctx.device, self.channels_last))
-        choices = search_resolution(self.model, lambda m: self._search_loss(m, probes), stages, cfg.search_octaves)
+        choices = search_resolution(self.model, lambda m: self._search_loss(m, probes), stages, cfg.search_octaves,
+                                    batch_statistics=cfg.search_batchnorm == "batch")
         self._forget_sigma_momentum()
         p.resolution_search = [c.as_dict() for c in choices]
         self._say("resolution search: " + ("; ".join(c.describe() for c in choices) or "no N-Jet stage"))

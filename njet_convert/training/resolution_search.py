@@ -13,14 +13,17 @@ scale-space move: the filters dilated, the map shrunk by as much), and the facto
 follow, a 0.5× input asking for σ below its bound); it keeps the move of lowest loss on the given batches (staying
 unless another move beats it by ``min_gain``) and goes on to the next stage. Afterwards each point is back on
 its own law at the factor found. A move whose maps no longer fit a layer of fixed size (a pool window, a flatten)
-counts as infinite loss. The loss is measured in eval mode (batch-norm running statistics), without gradients, so a
-search costs about ``2 × len(stages) × len(octaves) × batches`` forward passes.
+counts as infinite loss. The loss is measured without gradients and with dropout off, so a search costs about
+``2 × len(stages) × len(octaves) × batches`` forward passes. Batch norm uses its running statistics by default;
+``batch_statistics=True`` normalises each batch by its own statistics instead, as training does, so that a move
+is not judged by statistics gathered at the old resolution (the running statistics are left as they were).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +31,7 @@ from torch import Tensor, nn
 
 from njet_layers import NJetConv2d, SafeSubsample
 
-__all__ = ["DEFAULT_OCTAVES", "Stage", "StageChoice", "resolution_stages", "search_resolution"]
+__all__ = ["DEFAULT_OCTAVES", "Stage", "StageChoice", "own_batch_statistics", "resolution_stages", "search_resolution"]
 
 DEFAULT_OCTAVES: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
 LossFn = Callable[[nn.Module], float]
@@ -99,10 +102,11 @@ def resolution_stages(model: nn.Module, images: Tensor) -> list[Stage]:
 
 def search_resolution(model: nn.Module, loss: LossFn, stages: Sequence[Stage],
                       octaves: Sequence[float] = DEFAULT_OCTAVES, min_gain: float = 0.01,
-                      factor_only: bool = True) -> list[StageChoice]:
+                      factor_only: bool = True, batch_statistics: bool = False) -> list[StageChoice]:
     """Choose, stage by stage, the move of lowest ``loss(model)`` and leave ``model`` there (see the module
     docstring). ``min_gain``: the relative loss drop a move needs over staying (noise guard); ``factor_only``: also
-    try moving the point's factor alone, σ kept (where σ cannot follow: a 0.5× input asks for σ below its bound)."""
+    try moving the point's factor alone, σ kept (where σ cannot follow: a 0.5× input asks for σ below its bound);
+    ``batch_statistics``: batch norm on each batch's own statistics while the loss is measured."""
     if not octaves or 0.0 not in octaves:
         raise ValueError(f"octaves must include 0 (the current resolution), got {tuple(octaves)!r}")
     moves = [(o, o) for o in octaves] + ([(0.0, o) for o in octaves if o] if factor_only else [])
@@ -111,15 +115,40 @@ def search_resolution(model: nn.Module, loss: LossFn, stages: Sequence[Stage],
     laws = {p: p.law for p in points}
     was_training = model.training
     model.eval()
+    measure = _with_batch_statistics(loss) if batch_statistics else loss
     try:
         for p in points:
             if p.anchor is not None or p.source is not None:
                 p.use_law_("covariant")
-        return [_search_stage(modules, stage, loss, model, moves, min_gain) for stage in stages]
+        return [_search_stage(modules, stage, measure, model, moves, min_gain) for stage in stages]
     finally:
         for p, law in laws.items():
             p.use_law_(law)
         model.train(was_training)
+
+
+@contextmanager
+def own_batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block every batch norm of ``model`` normalises by the statistics of the batch it sees (as in
+    training) and updates nothing; its mode, running statistics and counter are restored afterwards."""
+    saved = []
+    for bn in (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        saved.append((bn, bn.training, bn.track_running_stats, bn.running_mean, bn.running_var))
+        bn.train()
+        bn.track_running_stats, bn.running_mean, bn.running_var = False, None, None
+    try:
+        yield model
+    finally:
+        for bn, training, track, mean, var in saved:
+            bn.train(training)
+            bn.track_running_stats, bn.running_mean, bn.running_var = track, mean, var
+
+
+def _with_batch_statistics(loss: LossFn) -> LossFn:
+    def measure(model: nn.Module) -> float:
+        with own_batch_statistics(model):
+            return loss(model)
+    return measure
 
 
 def _search_stage(modules: dict[str, nn.Module], stage: Stage, loss: LossFn, model: nn.Module,
