@@ -115,6 +115,8 @@ def do_robust(args: argparse.Namespace) -> list[dict]:
         cfg = replace(cfg, train=replace(cfg.train, sigma_lr=args.sigma_lr))
     if args.epochs_large:
         cfg = replace(cfg, epochs_large=args.epochs_large)
+    if args.n_train:
+        cfg = replace(cfg, n_train=args.n_train, n_train_large=args.n_train)
     rows = scale_robustness.run(cfg)
     summ = scale_robustness.summarize(rows)
     table = []
@@ -194,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=list(scale_robustness.VARIANTS), help="robust: these nets")
     parser.add_argument("--factors", type=float, nargs="+", help="sigma/robust: resize factors")
     parser.add_argument("--max-pool", action="store_true", help="sigma: 2×2 max pooling instead of safe subsampling")
-    parser.add_argument("--n-train", type=int, help="seg: training images per setting (default 100)")
+    parser.add_argument("--n-train", type=int, help="seg: training images per setting (default 100); "
+                        "robust: training images at every size (default 1500 at 28 px, 1000 at ×4; 4000: every digit "
+                        "not in the test split)")
     parser.add_argument("--n-val", type=int, help="seg: validation images per setting (default 50)")
     parser.add_argument("--epochs", type=int, help="seg, sigma: training epochs (default 8)")
     parser.add_argument("--epochs-large", type=int, help="robust: training epochs on the ×4 images (default 4)")

@@ -10,13 +10,17 @@ order 3 and 4 and the tensor basis of the kernel's own size (``order="exact"``),
 2. **what α undoes**: one step of log σ by ``--delta`` (in the descent direction) on one layer, then ``--alpha-steps``
    SGD steps of α with σ fixed, against the same α steps without the σ step; the fraction of the σ step's kernel
    change ``ΔW`` that α removed is ``1 - <W_σ - W_0, ΔW> / |ΔW|²`` (W after the α steps, with and without);
-3. **the filter along σ**: ``|dW/dlog σ| / |W|`` at σ₀ (a sampled Gaussian derivative in the continuum: ~1), ``|α| /
+3. **the loss along whole octaves of σ, before and after the change** (the resolution search's scale-space move,
+   docs/design.md): per stage (the N-Jet layers up to a subsampling point), the loss with the stage's σ ×2^o and
+   its point on its own law (σ alone: the factor follows σ by ``2^(Δσ / r)``, nearly not at all) against the same
+   σ with the point on the covariant law (the factor ×2^o with it); the tensor basis only;
+4. **the filter along σ**: ``|dW/dlog σ| / |W|`` at σ₀ (a sampled Gaussian derivative in the continuum: ~1), ``|α| /
    |W|`` (how much of the kernel is cancellation), and the relative residual of the best α refit of the original
    kernel at σ₀·e^(±δ) on the same support: 0 means α can undo *any* σ move exactly, so the loss along σ carries
    no information about scale.
 
     python benchmarks/sigma_gradients.py                  # MNIST CNN, ~5 min on 2 busy cores
-    python benchmarks/sigma_gradients.py --mobilenet      # also MobileNetV2 (+ ~3 min)
+    python benchmarks/sigma_gradients.py --mobilenet      # also MobileNetV2: tables 1, 3 and 4 (+ ~5 min)
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ from torch import Tensor, nn
 import njet_convert
 from njet_convert.data.opencv_digits import digits_split
 from njet_convert.models.real_weights import MNIST_MEAN, MNIST_STD, load_mnist_cnn
-from njet_layers import NJetConv2d
+from njet_convert.training.resolution_search import resolution_stages
+from njet_layers import NJetConv2d, SafeSubsample
 
-__all__ = ["alpha_undoes", "exact_convert", "filter_sensitivity", "gradient_table", "loss_along_sigma", "main",
-           "sigma_as_scale"]
+__all__ = ["alpha_undoes", "exact_convert", "filter_sensitivity", "gradient_table", "loss_along_octaves",
+           "loss_along_sigma", "main", "sigma_as_scale"]
+
+OCTAVES = (-1.0, -0.5, 0.0, 0.5, 1.0)
 
 
 def exact_convert(original: nn.Module, **options) -> nn.Module:
@@ -202,6 +209,41 @@ def sigma_as_scale(original: nn.Module, model: nn.Module, x1: Tensor, xs: Tensor
     return out
 
 
+@torch.no_grad()
+def loss_along_octaves(model: nn.Module, batches: list, loss_fn, octaves=OCTAVES) -> list[dict]:
+    """Per stage: the mean loss over ``batches`` with the stage's σ moved by each octave, the closing point on its
+    own law (``alone``) and on the covariant law (``with factor``); the other stages stay at their start."""
+    rows = []
+    for stage in resolution_stages(model, batches[0][0]):
+        row: dict = {"point": stage.point or "tail", "alone": [], "with factor": []}
+        for key, law in (("alone", None), ("with factor", "covariant")):
+            for octave in octaves:
+                moved = copy.deepcopy(model).eval()
+                modules = dict(moved.named_modules())
+                point = modules.get(stage.point) if stage.point is not None else None
+                if law is not None and isinstance(point, SafeSubsample) and point.anchor is not None:
+                    point.use_law_(law)
+                for name in stage.layers:
+                    layer = modules[name]
+                    lo, hi = (math.log(b) for b in layer.sigma_bounds)
+                    layer.log_sigma.clamp_(max=hi).add_(octave * math.log(2.0)).clamp_(lo, hi)
+                try:
+                    row[key].append(sum(float(loss_fn(moved(x), y)) for x, y in batches) / len(batches))
+                except RuntimeError:  # maps too small for a layer of fixed size
+                    row[key].append(math.inf)
+        rows.append(row)
+    return rows
+
+
+def _print_octave_table(title: str, model: nn.Module, batches: list, loss_fn) -> None:
+    print(f"\n### {title}: the loss along octaves of σ per stage, σ alone / σ with the factor (tensor basis)\n")
+    print("| stage (closing point) | " + " | ".join(f"σ ×2^{o:g}" for o in OCTAVES) + " |")
+    print("|---|" + "---|" * len(OCTAVES))
+    for r in loss_along_octaves(model, batches, loss_fn):
+        print(f"| {r['point']} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in zip(r["alone"], r["with factor"],
+                                                                                 strict=True)) + " |")
+
+
 def _scores(logits: Tensor, reference: Tensor, labels: Tensor) -> tuple[float, float]:
     pred = logits.argmax(1)
     return 100.0 * float((pred == labels).float().mean()), 100.0 * float((pred == reference).float().mean())
@@ -219,6 +261,29 @@ def _mnist_models() -> tuple[nn.Module, dict[str, nn.Module]]:
     return original, {"jet 3": njet_convert.convert(original, order=3, **options)[0],
                       "jet 4": njet_convert.convert(original, order=4, **options)[0],
                       "tensor (exact)": exact_convert(original, **options)}
+
+
+def _mobilenet_models(scale: float, count: int, batch: int) -> tuple[nn.Module, dict, list, object]:
+    """MobileNetV2 (ImageNet weights) and its three conversions at 56 px; calibration photos at ``scale``× as
+    inputs, the original's logits on the same photos at 56 px as targets (loss: KL divergence to them)."""
+    from njet_convert.data.photos import calibration_photos
+    from njet_convert.models.real_weights import load_mobilenet_v2
+
+    original = load_mobilenet_v2().eval()
+    options = {"input_size": (3, 56, 56)}
+    models = {"jet 3": njet_convert.convert(original, order=3, **options)[0],
+              "jet 4": njet_convert.convert(original, order=4, **options)[0],
+              "tensor (exact)": exact_convert(original, **options)}
+    photos = calibration_photos(count * batch, size=56)
+    with torch.no_grad():
+        targets = original(photos)
+    inputs = _resized(photos, scale)
+    batches = [(inputs[i * batch:(i + 1) * batch], targets[i * batch:(i + 1) * batch]) for i in range(count)]
+
+    def loss_fn(logits: Tensor, reference: Tensor) -> Tensor:
+        return F.kl_div(F.log_softmax(logits, 1), F.log_softmax(reference, 1), reduction="batchmean", log_target=True)
+
+    return original, models, batches, loss_fn
 
 
 def _print_scale_table(original: nn.Module, models: dict, scale: float) -> None:
@@ -241,8 +306,8 @@ def _resized(x: Tensor, scale: float) -> Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=scale < 1)
 
 
-def _print_tables(title: str, original: nn.Module, models: dict, batches: list, loss_fn, args) -> None:
-    weights = {n: m.weight for n, m in original.named_modules() if isinstance(m, nn.Conv2d)}
+def _print_tables(title: str, original: nn.Module, models: dict, batches: list, loss_fn, args,
+                  alpha_steps: bool = True) -> None:
     print(f"\n### {title}: gradients at the converted start\n")
     print("| basis | layer | σ₀ | \\|dL/dlog σ\\| | RMS dL/dα | RMS α·dL/dα | σ / α per parameter | σ / α relative | "
           "σ's share of the descent | σ mean / per-batch std |")
@@ -253,6 +318,12 @@ def _print_tables(title: str, original: nn.Module, models: dict, batches: list, 
                   f"{r['g_alpha_rel']:.2e} | "
                   f"{r['g_sigma'] / r['g_alpha']:.3g} | {r['g_sigma'] / r['g_alpha_rel']:.3g} | "
                   f"{r['share']:.2f} | {r['snr']:.2f} |")
+    if alpha_steps:
+        _print_alpha_table(title, models, batches, loss_fn, args)
+    _print_filter_table(title, original, models, batches, loss_fn, args)
+
+
+def _print_alpha_table(title: str, models: dict, batches: list, loss_fn, args) -> None:
     steps = args.alpha_steps
     print(f"\n### {title}: one σ step of {args.delta:g} in log σ, then α steps (SGD lr {args.lr:g}, momentum 0.9)\n")
     print("| basis | layer | direction | support | \\|ΔW\\| / \\|W\\| | "
@@ -262,6 +333,10 @@ def _print_tables(title: str, original: nn.Module, models: dict, batches: list, 
         for r in alpha_undoes(model, batches, loss_fn, args.delta, args.alpha_steps, args.lr):
             print(f"| {basis} | {r['layer']} | {'up' if r['sign'] > 0 else 'down'} | {r['size']} | {r['dW']:.3f} | "
                   + " | ".join(f"{u:.2f}" for u in r["undone"]) + " |")
+
+
+def _print_filter_table(title: str, original: nn.Module, models: dict, batches: list, loss_fn, args) -> None:
+    weights = {n: m.weight for n, m in original.named_modules() if isinstance(m, nn.Conv2d)}
     print(f"\n### {title}: the filter and the loss along σ at σ₀ (down / up: σ₀·e^(∓{args.delta:g}))\n")
     print("| basis | layer | \\|dW/dlog σ\\| / \\|W\\| | \\|α\\| / \\|W\\| | refit residual down / up | "
           "loss at σ₀ | loss α fixed down / up | loss α refit down / up |")
@@ -293,12 +368,14 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         _print_scale_table(original, models, args.scale)
     _print_tables(f"MNIST CNN, opencv digits at {args.scale:g}×", original, models, batches, F.cross_entropy, args)
+    _print_octave_table(f"MNIST CNN, opencv digits at {args.scale:g}×", models["tensor (exact)"], batches,
+                        F.cross_entropy)
     if args.mobilenet:
-        from mobilenet_probe import mobilenet_models
-
-        original, models, batches, loss_fn = mobilenet_models(args.scale)
+        original, models, batches, loss_fn = _mobilenet_models(args.scale, min(args.batches, 4), 32)
         _print_tables(f"MobileNetV2, photos at {args.scale:g}× distilled to 1×", original, models, batches, loss_fn,
-                      args)
+                      args, alpha_steps=False)
+        tensor = next(m for basis, m in models.items() if basis.startswith("tensor"))
+        _print_octave_table(f"MobileNetV2, photos at {args.scale:g}× distilled to 1×", tensor, batches, loss_fn)
 
 
 if __name__ == "__main__":
