@@ -4,8 +4,9 @@ networks against the originals — all ratios measured side by side in one run.
 Layer table: for each map size, batch, basis (the jet of order 2/3/4 against a 3×3 conv; the tensor bases
 (2, 2) and (4, 4) against 3×3 and 5×5 convs) and σ, every variant is timed in interleaved rounds (one call of each
 per round, median over rounds), so the ratios share the machine's load at that moment. Variants: ``dense``
-(composed kernel, one conv2d), ``separable`` (njet_layers/separable.py) and ``auto`` (what the layer picks; timed
-separately only when it picks another path).
+(composed kernel, one conv2d), ``separable`` (njet_layers/separable.py) and ``auto`` (what the layer picks — by
+the cost model, or with ``--autotune`` by timing the candidates once per shape; timed separately only when it picks
+another path).
 
 Step table: one SGD step (forward, loss, backward, step) of ResNet-32 (CIFAR, 32×32) and MobileNetV2 against the
 same network converted with ``njet_convert.convert(model, order=3)`` (default ``subsample="safe"``: strided convs
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 import njet_convert  # noqa: F401  (before torchvision: the import guard, docs/design.md "Import cost")
-from njet_layers import NJetConv2d
+from njet_layers import NJetConv2d, set_autotune
 from njet_layers.basis import BasisOrder, describe_basis
 
 __all__ = ["Case", "main", "resnet32", "tensor_basis_model", "time_interleaved"]
@@ -91,8 +92,8 @@ def bench_layer(case: Case, device: torch.device, rounds: int, max_gmacs: float)
     modules: dict[str, nn.Module] = {"conv": nn.Conv2d(c, c, k, padding=k // 2, bias=False)}
     for impl in ("dense", "separable", "auto"):
         modules[impl] = NJetConv2d(c, c, order=case.order, sigma=case.sigma, impl=impl)  # type: ignore[arg-type]
-    auto = modules["auto"]
-    choice = auto.resolve_impl((case.size, case.size), batch=case.batch)  # type: ignore[operator]
+    auto = modules["auto"].to(device).train()
+    choice = auto.chosen_impl(x)  # type: ignore[operator]  # under --autotune: timed here, once per shape
     kernel = auto.kernel_size  # type: ignore[union-attr]
     skip = {"auto"} if choice in ("dense", "separable") else set()
     if 3.0 * case.batch * case.size**2 * c * c * kernel**2 / 1e9 > max_gmacs:
@@ -224,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-layers", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--autotune", action="store_true",
+                        help="auto chooses by timing the candidates once per shape (njet_layers.set_autotune)")
     args = parser.parse_args(argv)
     if args.quick:
         args.sigmas, args.bases, args.sizes, args.batches = [1.0, 4.0], ["3", "2x2"], [32], [32]
@@ -231,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         args.nets = ["resnet32"] if args.quick else ["resnet32", "mobilenet_v2"]
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    set_autotune(args.autotune)
     torch.manual_seed(0)
     start = time.perf_counter()
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} load={_load()}")

@@ -1,6 +1,7 @@
 """njet_layers: the N-Jet layer library (Pintea et al., "Resolution learning in deep convolutional networks
 using scale-space theory", IEEE TIP 2021). Depends on torch only."""
 
+from .autotune import autotuning, set_autotune
 from .axis_filters import anchored_mix, axis_filters, orthonormal_mix, remix_alpha
 from .basis import (
     BasisOrder,
@@ -27,6 +28,7 @@ __all__ = [
     "NJetConv2d",
     "SafeSubsample",
     "anchored_mix",
+    "autotuning",
     "axis_filters",
     "axis_orders",
     "basis_first_conv2d",
@@ -43,4 +45,5 @@ __all__ = [
     "orthonormal_mix",
     "remix_alpha",
     "safe_output_size",
+    "set_autotune",
 ]

@@ -24,7 +24,8 @@ The choice comes from a cost model (deterministic: the same shapes always take t
 
 The factors ``KAPPA*`` / ``κ_sep`` are measured per device type and live in :mod:`njet_layers.cost_model`.
 
-Override per layer with ``impl="dense"|"basis_first"|"fft"|"separable"``.
+Override per layer with ``impl="dense"|"basis_first"|"fft"|"separable"``, or let ``auto`` time the candidates
+on the host it runs on (:mod:`njet_layers.autotune`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from .separable import SEPARABLE_TILE, supports_separable
 
 __all__ = [
     "FFT_MAX_BYTES", "IMPLS", "KAPPA", "KAPPA_FFT", "KAPPA_FFT_T", "Impl", "KernelCache", "basis_first_cost",
-    "choose_impl", "dense_cost", "fft_cost", "separable_cost", "uses_grad",
+    "choose_impl", "dense_cost", "fft_cost", "impl_costs", "separable_cost", "uses_grad",
 ]
 
 Impl = Literal["auto", "dense", "basis_first", "fft", "separable"]
@@ -99,11 +100,11 @@ def separable_cost(
     return kappa * (basis_size(order) * in_channels * out_channels + passes)
 
 
-def choose_impl(
+def impl_costs(
     in_channels: int, out_channels: int, groups: int, order: BasisOrder, radius: int, size: tuple[int, int],
     out_size: tuple[int, int], batch: int | None = None, device: torch.device | str | None = None,
-) -> Literal["dense", "basis_first", "fft", "separable"]:
-    """The path the cost model of ``device`` says is cheapest for this layer and input size (module docstring)."""
+) -> dict[str, float]:
+    """Efficiency-weighted multiply-adds per output pixel of every path ``device``'s cost model has measured."""
     table = cost_table(device)
     cg = in_channels // groups
     costs = {"dense": dense_cost(cg, out_channels, radius)}
@@ -116,6 +117,15 @@ def choose_impl(
         costs["fft"] = fft * table.fft / KAPPA_FFT
     if table.separable is not None and supports_separable(in_channels, out_channels, groups):
         costs["separable"] = separable_cost(in_channels, out_channels, order, radius, size, table.separable)
+    return costs
+
+
+def choose_impl(
+    in_channels: int, out_channels: int, groups: int, order: BasisOrder, radius: int, size: tuple[int, int],
+    out_size: tuple[int, int], batch: int | None = None, device: torch.device | str | None = None,
+) -> Literal["dense", "basis_first", "fft", "separable"]:
+    """The path the cost model of ``device`` says is cheapest for this layer and input size (module docstring)."""
+    costs = impl_costs(in_channels, out_channels, groups, order, radius, size, out_size, batch, device)
     return min(costs, key=costs.__getitem__)  # type: ignore[arg-type]
 
 

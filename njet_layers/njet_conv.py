@@ -7,6 +7,7 @@ scale per layer that sets both the filter's detail and its size ``s = 2 * ceil(k
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,10 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .autotune import CANDIDATE_SPREAD, cached_choice, is_autotuning, measured_choice
 from .axis_filters import anchor_sigma, anchored_mix, axis_filters, remix_alpha
 from .basis import BasisOrder, axis_orders, basis_size, compose_basis, describe_basis, filter_radius, is_tensor_basis
 from .basis_first import basis_first_conv2d, output_centers
-from .dispatch import IMPLS, Impl, KernelCache, choose_impl, uses_grad
+from .dispatch import IMPLS, Impl, KernelCache, impl_costs, uses_grad
 from .fft_conv import fft_conv2d
 from .sampled_conv import conv2d_at
 from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds, positive_scalar
@@ -40,6 +42,11 @@ def _pair(value: _Pair, name: str) -> tuple[int, int]:
     if len(pair) != 2 or any(not isinstance(v, int) or v < 0 for v in pair):
         raise ValueError(f"{name} must be a non-negative int or a pair of them, got {value!r}")
     return pair
+
+
+def _tracing() -> bool:
+    """Exporters and compilers see one plain conv2d: no cost model, no timing."""
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())  # type: ignore[attr-defined,no-untyped-call]
 
 
 class NJetConv2d(nn.Module):
@@ -243,7 +250,7 @@ class NJetConv2d(nn.Module):
         sampler = getattr(self, "_sampler", None)
         if sampler is not None and self.stride == (1, 1) and sampler.samples_in_producer():
             return self._forward_sampled(x, sampler)
-        impl = self.resolve_impl((x.shape[-2], x.shape[-1]), batch=x.shape[0])
+        impl = self.chosen_impl(x)
         if impl == "separable":
             return self._forward_separable(x)
         if impl == "basis_first":
@@ -253,24 +260,56 @@ class NJetConv2d(nn.Module):
         return self._convolve(x, self._dense_kernel())
 
     def resolve_impl(self, size: tuple[int, int], batch: int | None = None) -> str:
-        """The path ``forward`` takes for inputs of spatial ``size`` (H, W) (and ``batch`` images, when known):
-        ``"dense"``, ``"basis_first"`` or ``"fft"``."""
+        """The path ``forward`` takes for inputs of spatial ``size`` (H, W) (and ``batch`` images, when known) by
+        the cost model: ``"dense"``, ``"basis_first"``, ``"fft"`` or ``"separable"`` (under
+        :func:`njet_layers.autotune.set_autotune` an ``auto`` layer times the candidates instead)."""
         if self.dilation != (1, 1):
             return "dense"  # the fast paths assume adjacent taps
         if self.impl == "separable" and not supports_separable(self.in_channels, self.out_channels, self.groups):
             return "basis_first"  # the separable path needs groups=1; basis-first computes the same
         if self.impl != "auto":
             return self.impl
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # type: ignore[attr-defined,no-untyped-call]
+        if _tracing():
             return "dense"  # exporters and compilers see one plain conv2d
+        costs = self._path_costs(size, batch)
+        return min(costs, key=costs.__getitem__)
+
+    def chosen_impl(self, x: Tensor) -> str:
+        """The path ``forward`` takes on ``x``: :meth:`resolve_impl`, or under
+        :func:`njet_layers.autotune.set_autotune` the fastest path measured on ``x``'s shape for an ``auto`` layer."""
+        if is_autotuning() and self.impl == "auto" and self.dilation == (1, 1) and not _tracing():
+            return self._measured_impl(x)
+        return self.resolve_impl((x.shape[-2], x.shape[-1]), batch=x.shape[0])
+
+    def _path_costs(self, size: tuple[int, int], batch: int | None) -> dict[str, float]:
         radius = self.radius
         out_size = tuple(
             len(output_centers(n, radius, s, c)) for n, s, c in zip(size, self.stride, self.crop, strict=True)
         )
-        return choose_impl(
+        return impl_costs(
             self.in_channels, self.out_channels, self.groups, self.order, radius, size, out_size,  # type: ignore[arg-type]
             batch=batch, device=self.alpha.device,
         )
+
+    def _measured_impl(self, x: Tensor) -> str:
+        """The fastest path on ``x``'s shape, timed once per shape among those the cost model keeps in range."""
+        key = ("njet", x.device.type, x.dtype, tuple(x.shape), self.in_channels, self.out_channels, self.groups,
+               self.order, self.radius, self.stride, self.crop, self.training, torch.is_grad_enabled(),
+               torch.get_num_threads())
+        known = cached_choice(key)
+        if known is not None:
+            return known
+        costs = self._path_costs((x.shape[-2], x.shape[-1]), x.shape[0])
+        best = min(costs.values())
+        paths = {name: self._path(name) for name, cost in costs.items() if cost <= CANDIDATE_SPREAD * best}
+        params = [self.alpha, self.log_sigma] + ([self.bias] if self.bias is not None else [])
+        return measured_choice(key, paths, x, params)
+
+    def _path(self, name: str) -> Callable[[Tensor], Tensor]:
+        if name == "dense":
+            return lambda inp: self._convolve(inp, self._dense_kernel())
+        return {"separable": self._forward_separable, "basis_first": self._forward_basis_first,
+                "fft": self._forward_fft}[name]
 
     def _dense_kernel(self) -> Tensor:
         """``kernel()``, served from the eval-mode cache when no gradient is being recorded."""

@@ -141,6 +141,7 @@ def test_command_line_options_reach_the_config() -> None:
     cfg = config_from_args(parser.parse_args(["--resolution-search", "--sigma-delay-epochs", "0.5"]))
     assert cfg.resolution_search and cfg.sigma_delay_epochs == 0.5 and cfg.search_batchnorm == "running"
     assert config_from_args(parser.parse_args(["--search-batchnorm", "batch"])).search_batchnorm == "batch"
+    assert config_from_args(parser.parse_args(["--autotune"])).autotune
     assert not config_from_args(parser.parse_args([])).resolution_search
 
 

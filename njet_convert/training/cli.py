@@ -49,6 +49,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     g.add_argument("--search-batchnorm", choices=("running", "batch"), default="running",
                    help="batch-norm statistics the search judges moves with: the running ones of the old "
                         "resolution, or each batch's own as in training (default running)")
+    g.add_argument("--autotune", action="store_true",
+                   help="N-Jet layers time their paths once per shape and keep the fastest (docs/layer.md)")
     g.add_argument("--alpha-decay", type=float, default=1e-4, help="L2 weight on α (paper: 1e-4..1e-2)")
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--schedule", choices=SCHEDULES, default="cosine")
@@ -74,6 +76,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         sigma_delay_epochs=getattr(args, "sigma_delay_epochs", 0.0),
         resolution_search=getattr(args, "resolution_search", False),
         search_batchnorm=getattr(args, "search_batchnorm", "running"),
+        autotune=getattr(args, "autotune", False),
         weight_decay=args.weight_decay, momentum=getattr(args, "momentum", 0.9),
         betas=tuple(getattr(args, "betas", None) or (0.9, 0.999)),
         schedule=args.schedule, milestones=tuple(args.milestones or ()), step_gamma=args.gamma,

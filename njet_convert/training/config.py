@@ -64,6 +64,7 @@ class FinetuneConfig:
     search_octaves: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
     search_batches: int = 4
     search_batchnorm: Literal["running", "batch"] = "running"
+    autotune: bool = False  # impl="auto" layers time their candidate paths once per shape (njet_layers.autotune)
     schedule: Literal["cosine", "step", "multistep", "poly", "constant"] = "cosine"
     warmup_epochs: float = 0.0  # linear warm-up from ``warmup_start * lr``; fractional epochs allowed
     warmup_start: float = 0.1

@@ -15,6 +15,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from njet_layers import SafeSubsample
+from njet_layers import SafeSubsample, autotuning
 
 from ..errors import first_line
 from .checkpoint import (
@@ -121,7 +122,8 @@ def finetune(
     ctx = setup_distributed(device)
     try:
         trainer = _Trainer(model, train_data, val_data, epochs, config, teacher, out_dir, ctx, loss_fn)
-        result = trainer.run(state)
+        with autotuning(config.autotune) if config.autotune else nullcontext():
+            result = trainer.run(state)
         # The DDP wrapper holds the process group (and gloo's worker threads) alive: drop it before the group is
         # destroyed, or the process can abort at interpreter exit ("terminate called without an active exception").
         # Then every rank leaves the group together: rank 0 still writes plots and measures multiply-adds after
