@@ -22,6 +22,8 @@ echo "== CUDA tests"
 timeout 240 "$PY" -m pytest -m cuda -q -rs tests/test_cuda.py || status=1
 echo "== layer table"
 timeout 240 "$PY" benchmarks/layer_speed.py "${layer_args[@]}" || status=1
+echo "== combine: BLAS product against 1x1 convolution"
+timeout 60 "$PY" benchmarks/combine_throughput.py --rounds 5 || status=1
 echo "== training steps"
 timeout 150 "$PY" benchmarks/layer_speed.py "${step_args[@]}" || status=1
 exit $status

@@ -61,7 +61,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, float]:
+def time_interleaved(steps: dict[str, Callable[[], object]], rounds: int, device: torch.device) -> dict[str, float]:
     """Median seconds per call of each step, measured in interleaved rounds after one warm-up call each."""
     for step in steps.values():
         step()

@@ -2,9 +2,9 @@
 
 The cost model of :mod:`njet_layers.dispatch` decides from constants measured on one machine; on another host
 (another CPU, another load pattern, a GPU without a fitted entry) its crossover can sit in the wrong place — on a
-noisier 2-core host the separable path's efficiency factor came out 2.0–3.1 instead of the table's 1.6, so ``auto``
-took separable at σ = 1 where dense was faster (docs/layer.md). With :func:`set_autotune` on, the first forward of a
-layer shape in training or inference times forward + backward of every path the cost model keeps within
+noisier 2-core host the previous separable path's efficiency factor came out 2.0–3.1 against the table's 1.6, so
+``auto`` took separable at σ = 1 where dense was faster (docs/layer.md). With :func:`set_autotune` on, the first
+forward of a layer shape in training or inference times forward + backward of every path the cost model keeps within
 ``CANDIDATE_SPREAD`` of its best on that very input, and every later call with the same key takes the fastest —
 the ``torch.backends.cudnn.benchmark`` idea. Off by default: the choice then depends on timing, so two runs (or two
 ranks) may take different, numerically slightly different, paths.

@@ -7,14 +7,14 @@ Only measured values enter the table; a device type without an entry for a path 
 CPU (the project's 2-core AVX-512 machine, float32, forward + backward against ``nn.Conv2d`` 3×3 in NCHW,
 64→64 channels, 32×32, batch 32):
 
-* ``separable`` ``κ = 1.6``: fitted from the order-3 jet (2.19× the 3×3 conv at σ = 1, 2.42× at σ = 4) and the
-  tensor basis ``(2, 2)`` (1.91× at σ = 1, 1.93× at σ = 4) against their multiply-add counts (1.39×, 1.56×, 1.21×,
-  1.33× the conv's): ``κ`` = 1.58, 1.56, 1.58, 1.45 — one factor within 10 % for both index sets and both σ;
-  Checked against the whole grid of ``benchmarks/layer_speed.py`` (same machine, loaded): right within ~15 % at
-  batch 32 and 64 channels; at batch 1 and at 32 channels the separable path runs 1.3–2× slower than this predicts
-  (per-call and per-pixel overheads the multiply-add model does not carry), so there ``auto`` can take it where
-  dense is slightly faster (order-3 jet, σ = 1, 32², batch 1: 3.1× vs dense 2.4×). A fit with an overhead term is
-  the next step;
+* ``separable`` ``κ = 2.1``: fitted (2026-12-06, after the combine moved to the convolution library) from the
+  order-3 jet (4.11–4.23× the 3×3 conv at σ = 1, 4.55× at σ = 4) and the tensor basis ``(2, 2)`` (2.57–2.61×,
+  2.79–2.82×) against their multiply-add counts (2.06×, 2.22×, 1.21×, 1.33× the conv's, the jet's combine counting
+  the zero pairs it multiplies): ``κ`` = 2.00–2.06, 2.05, 2.13–2.16, 2.09–2.12 — one factor within 5 % for both
+  index sets and both σ (``python benchmarks/layer_speed.py --quick --threads 2 --rounds 20``, twice). The earlier
+  fit, 1.6, came from a quieter run of the previous path on a host that ran it ~1.3× faster; hosts differ that much,
+  which is what ``set_autotune`` (:mod:`njet_layers.autotune`) is for. At batch 1 and at 32 channels the path runs
+  slower than the multiply-add model predicts (per-call and per-pixel overheads it does not carry);
 * ``basis_first`` ``κ = 5``, ``fft`` ``κ = 19`` (per complex multiply-add) and ``κ_T = 8`` (filter transforms):
   measured for those paths when they were written (see :mod:`njet_layers.dispatch`).
 
@@ -42,7 +42,7 @@ class CostTable:
 
 
 COST_TABLES: dict[str, CostTable] = {
-    "cpu": CostTable(separable=1.6),
+    "cpu": CostTable(separable=2.1),
     "cuda": CostTable(),
 }
 

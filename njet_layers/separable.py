@@ -1,28 +1,31 @@
-"""Separable N-Jet convolution: horizontal 1-D passes, one combine GEMM with α, vertical 1-D passes — flat in σ.
+"""Separable N-Jet convolution: horizontal 1-D passes, a 1×1 combine with α, vertical 1-D passes — flat in σ.
 
 Why: every basis filter is ``g_j(y) · g_i(x)``, so ``F = Σ_{i,j} α[o, c, (i, j)] g_j(y) g_i(x)`` can be applied as
 
 1. along x, per input channel: ``X_i = g_i(x) ⋆ x`` for the ``I = n_x + 1`` horizontal orders;
-2. the combine, a ``1×1`` product: ``Z_j[o] = Σ_{i, c} α[o, c, (i, j)] X_i[c]`` — exactly ``M · C_in · C_out``
-   multiply-adds per pixel (``M`` = number of basis filters: the original conv's count for a tensor basis of the
-   kernel's own size, 10/9 of a 3×3 conv for the order-3 jet), because for every ``j`` the used ``i`` are a
-   prefix ``0..w_j - 1`` (``w_j = n - j + 1`` for the jet, ``n_x + 1`` for a tensor basis);
+2. the combine, a ``1×1`` product: ``Z_j[o] = Σ_{i, c} α[o, c, (i, j)] X_i[c]`` — ``I · J · C_in · C_out``
+   multiply-adds per pixel: exactly the original conv's count for a tensor basis of the kernel's own size; for
+   the jet the pairs outside ``i + j ≤ n`` are multiplied as zeros (16/10 of the ``M = 10`` filters at order 3),
+   because one ``1×1`` convolution over all of ``X`` runs faster here than one over each ``j``'s prefix of it;
 3. along y, per output channel: ``out[o] = Σ_j g_j(y) ⋆ Z_j[o]`` (``J = n_y + 1`` passes, summed).
 
 Unlike :mod:`njet_layers.basis_first` no ``M × C_in`` intermediate is formed: the kept maps are ``I · C_in`` (X)
 and ``J · C_out`` (Z) per pixel (4 + 4 channels' worth at order 3 instead of 4 + 10), and the multiply-adds do
 not grow with σ (docs/design.md, "Basis index sets").
 
-Layout (why it is fast in eager PyTorch): every stage is a large BLAS product with no layout copy but one cheap ``N ↔
-C`` swap of the input. With the input as ``[C, N, H, W]``, the horizontal pass is one GEMM per ``i``, ``x [(C·N·H), W]
-@ T_x[i]ᵀ [W, W']`` (a banded Toeplitz matrix carrying padding, stride and crop), giving ``X`` as ``[(I·C),
-(N·H·W')]``; the combine is one GEMM per ``j``, ``Xᵀ[:, :w_j·C] @ A_j`` → ``Z_j [(N·H·W'), C_out]`` (for a tensor
-basis, whose ``w_j`` are all ``I``, one GEMM for every ``j`` and one copy into the ``J`` slices); the vertical pass is
-``T_y[j] [H', H] @ Z_j[n] [H, (W'·C_out)]`` per image (one batched product, accumulated over ``j``), whose result
-``[N, H', W', C_out]`` is the channels-last output. Long axes are cut into tiles of output rows (``SEPARABLE_TILE``)
-so each Toeplitz block is ``tile + 2R`` wide. The backward pass is written out (the same products transposed) and
-keeps ``x``, ``X`` and ``Z``; in training those buffers (and their gradients') come from a :class:`Workspace` the
-layer reuses across steps.
+Layout (why it is fast in eager PyTorch): everything is pixel-major (channels-last), so each stage is one large
+library call with no layout copy. With the input as ``[N, H, W, C]``, the horizontal pass is a product per tile of
+output columns, ``T_x [(W'_tile · I), W_band] @ x[n, h] [W_band, C]`` (rows ordered ``(w', i)``: a banded Toeplitz
+matrix carrying padding, stride and crop), giving ``X`` as ``[N, H, W', (I·C)]``; the combine is a ``1×1``
+convolution per ``j`` of ``X`` with α (zeros where the index set has no pair), ``Z_j [N, H, W', C_out]`` — run by
+the convolution library, which on the project's CPU runs these shapes 1.3–1.7× faster than a BLAS product (forward
+alone up to 2.6×; ``benchmarks/combine_throughput.py``); the vertical pass is ``T_y[j] [H', H] @ Z_j[n] [H,
+(W'·C_out)]`` per image (one batched product, accumulated over ``j``), whose result ``[N, H', W', C_out]`` is the
+channels-last output. Long axes are cut into tiles of output rows or columns (``SEPARABLE_TILE``) so each Toeplitz
+block is ``tile + 2R`` wide. The backward pass is written out: the vertical products transposed, the combine's input
+gradient as one ``1×1`` convolution of all ``dZ_j`` side by side and its weight gradient from the convolution
+library, the horizontal products transposed. It keeps ``x``, ``X`` and ``Z``; in training ``X`` and the joint
+``dZ`` come from a :class:`Workspace` the layer reuses across steps.
 
 Groups: ``groups == 1`` only; other groupings use :mod:`njet_layers.basis_first`.
 """
@@ -32,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -87,144 +91,149 @@ def _unshared(buf: Tensor) -> bool:
 
 
 def _combine_weights(alpha: Tensor, order: BasisOrder) -> Tensor:
-    """α as ``[J, I·C, O]``: ``a[j, (i, c), o] = α[o, c, (i, j)]``, zeros where the index set has no pair."""
+    """α as the combine's 1×1 conv weight ``[J·O, I·C]``: row ``j·O + o``, column ``i·C + c`` holds
+    ``α[o, c, (i, j)]``; zeros where the index set has no pair ``(i, j)``."""
     n_x, n_y = axis_orders(order)
     pairs = basis_orders(order)
     i_idx = torch.tensor([i for i, _ in pairs], device=alpha.device)
     j_idx = torch.tensor([j for _, j in pairs], device=alpha.device)
     out_ch, in_ch, _ = alpha.shape
-    a = alpha.new_zeros(n_y + 1, n_x + 1, in_ch, out_ch)
-    a = a.index_put((j_idx, i_idx), alpha.permute(2, 1, 0))
-    return a.view(n_y + 1, (n_x + 1) * in_ch, out_ch)
+    a = alpha.new_zeros(n_y + 1, n_x + 1, out_ch, in_ch)
+    a = a.index_put((j_idx, i_idx), alpha.permute(2, 0, 1))
+    return a.transpose(1, 2).reshape((n_y + 1) * out_ch, (n_x + 1) * in_ch)
 
 
-def _widths(order: BasisOrder) -> tuple[int, ...]:
-    """``w_j``: how many horizontal orders ``i = 0..w_j - 1`` the index set pairs with vertical order ``j``."""
-    n_x, n_y = axis_orders(order)
-    pairs = set(basis_orders(order))
-    widths = tuple(sum((i, j) in pairs for i in range(n_x + 1)) for j in range(n_y + 1))
-    if any((i, j) not in pairs for j, wd in enumerate(widths) for i in range(wd)):
-        raise ValueError(f"order {order!r}: the horizontal orders of some vertical order are not a prefix")
-    return widths
+def _taker(workspace: Workspace | None) -> Any:
+    """``take(shape, like)``: a workspace buffer, or a fresh one without a workspace."""
+    return workspace.take if workspace is not None else (lambda shape, like: like.new_empty(shape))
 
 
-def _uniform(widths: tuple[int, ...], num_i: int) -> bool:
-    """Whether every vertical order pairs with all ``I`` horizontal ones (a tensor basis): then the combine is one
-    GEMM ``[P, I·C] @ [I·C, J·O]`` — one large product runs faster than ``J`` narrow ones (measured on the
-    project's CPU: 28 against 37 ms forward for 64 channels, 32², batch 32) — at the price of one copy to ``J``
-    slices."""
-    return all(width == num_i for width in widths)
+def _conv1x1(x: Tensor, weight: Tensor) -> Tensor:
+    """``x [N, K, H, W]`` (channels-last) times ``weight [M, K]`` per pixel, as a 1×1 convolution: the convolution
+    library runs it 1.3–1.7× faster than a BLAS matrix product of the same shape on the project's CPU, forward
+    and gradients together (``benchmarks/combine_throughput.py``)."""
+    out: Tensor = F.conv2d(x, weight.contiguous()[:, :, None, None])
+    return out
 
 
-def _joint_weights(a: Tensor) -> Tensor:
-    """``a [J, I·C, O]`` as the one combine matrix ``[I·C, J·O]`` (column ``j·O + o``)."""
-    return a.transpose(0, 1).reshape(a.shape[1], -1)
+def _conv1x1_weight_grad(grad: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+    """``dL/dweight [M, K]`` of :func:`_conv1x1` for the output gradient ``grad``."""
+    w4 = weight[:, :, None, None]
+    mask = (False, True, False)
+    grads = torch.ops.aten.convolution_backward(grad, x, w4, None, (1, 1), (0, 0), (1, 1), False, (0, 0), 1, mask)
+    g_weight: Tensor = grads[1]
+    return g_weight.view_as(weight)
 
 
-def _combine_weight_grad(xf: Tensor, g_z: Tensor, a: Tensor, widths: tuple[int, ...], c: int) -> Tensor:
-    """``dL/da`` of the per-``j`` combine: ``X[:w_j·C] @ dZ_j``, zeros where the index set has no pair."""
-    g_a = torch.zeros_like(a)
-    for j, width in enumerate(widths):
-        torch.mm(xf[: width * c], g_z[j], out=g_a[j, : width * c])
-    return g_a
+def _x_blocks(tx: Tensor, tile: int) -> list[tuple[int, int, int, int, Tensor]]:
+    """Row tiles of the horizontal stage, ``(o_lo, o_hi, i_lo, i_hi, block)``: ``block [(o_hi - o_lo)·I, i_hi -
+    i_lo]`` maps input columns to output columns × horizontal orders, rows ordered ``(w', i)``."""
+    t_all = tx.transpose(0, 1)  # [W', I, W]
+    return [(o_lo, o_hi, i_lo, i_hi, t_all[o_lo:o_hi, :, i_lo:i_hi].reshape(-1, i_hi - i_lo))
+            for o_lo, o_hi, i_lo, i_hi in band_tiles(tx, tile)]
+
+
+def _horizontal(x3: Tensor, blocks: list[tuple[int, int, int, int, Tensor]], num_i: int, out: Tensor) -> Tensor:
+    """``x3 [N·H, W, C]`` → ``out [N·H, W'·I, C]`` (``X`` pixel-major: ``[N, H, W', I·C]``)."""
+    if len(blocks) == 1:
+        torch.matmul(blocks[0][4], x3, out=out)
+        return out
+    for o_lo, o_hi, i_lo, i_hi, block in blocks:  # a matmul into a strided slice runs far slower: copy instead
+        out[:, o_lo * num_i:o_hi * num_i] = torch.matmul(block, x3[:, i_lo:i_hi])
+    return out
+
+
+def _horizontal_grads(x3: Tensor, g_xm: Tensor, blocks: list[tuple[int, int, int, int, Tensor]], tx: Tensor,
+                      need: tuple[bool, bool]) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of :func:`_horizontal` for ``x3`` (a fresh tensor: it leaves the layer) and for the Toeplitz
+    matrices ``tx [I, W', W]``."""
+    num_i = tx.shape[0]
+    g_x3 = torch.zeros_like(x3) if need[0] else None
+    g_tx = torch.zeros_like(tx) if need[1] else None
+    for o_lo, o_hi, i_lo, i_hi, block in blocks:
+        g_rows = g_xm[:, o_lo * num_i:o_hi * num_i]
+        if g_x3 is not None:
+            g_x3[:, i_lo:i_hi] += torch.matmul(block.t(), g_rows)
+        if g_tx is not None:
+            g_block = torch.bmm(g_rows, x3[:, i_lo:i_hi].transpose(1, 2)).sum(0)
+            g_tx[:, o_lo:o_hi, i_lo:i_hi] = g_block.view(o_hi - o_lo, num_i, i_hi - i_lo).transpose(0, 1)
+    return g_x3, g_tx
+
+
+def _vertical(zmaps: list[Tensor], ty: Tensor, tile: int, out: Tensor) -> Tensor:
+    """``out [N, H', W'·O] = Σ_j T_y[j] @ Z_j`` per image, ``Z_j [N, H, W'·O]``."""
+    n = out.shape[0]
+    for o_lo, o_hi, i_lo, i_hi in band_tiles(ty, tile):
+        dst = out[:, o_lo:o_hi]
+        for j, z in enumerate(zmaps):
+            blk = ty[j, o_lo:o_hi, i_lo:i_hi].expand(n, -1, -1)
+            if j == 0:
+                torch.bmm(blk, z[:, i_lo:i_hi], out=dst)
+            else:
+                dst.baddbmm_(blk, z[:, i_lo:i_hi])
+    return out
+
+
+def _vertical_grads(gv: Tensor, zmaps: list[Tensor], ty: Tensor, tile: int, g_joint: Tensor,
+                    need_ty: bool) -> Tensor | None:
+    """Gradients of :func:`_vertical`: ``dL/dZ_j`` into ``g_joint [N, H, W', J, O]`` (all ``j`` side by side, as
+    the combine's 1×1 conv gives them) and, when asked, ``dL/dT_y``."""
+    n, _, wo, num_j, out_ch = g_joint.shape
+    g_ty = torch.zeros_like(ty) if need_ty else None
+    for o_lo, o_hi, i_lo, i_hi in band_tiles(ty, tile):
+        if g_ty is not None:
+            for j, z in enumerate(zmaps):
+                g_ty[j, o_lo:o_hi, i_lo:i_hi] = torch.bmm(gv[:, o_lo:o_hi], z[:, i_lo:i_hi].transpose(1, 2)).sum(0)
+    for i_lo, i_hi, o_lo, o_hi in band_tiles(ty.transpose(1, 2), tile):  # input rows: no overlap
+        for j in range(num_j):
+            blk = ty[j, o_lo:o_hi, i_lo:i_hi].t().expand(n, -1, -1)
+            g_joint[:, i_lo:i_hi, :, j] = torch.bmm(blk, gv[:, o_lo:o_hi]).view(n, i_hi - i_lo, wo, out_ch)
+    return g_ty
 
 
 class _Separable(torch.autograd.Function):
-    """``x [C, N, H, W]`` → ``[N, H', W', O]`` (channels-last storage) through the stages of the module docstring."""
+    """``x [N, H, W, C]`` (channels-last memory) → ``[N, H', W', O]`` through the stages of the module docstring."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, ty: Tensor, tx: Tensor, a: Tensor, widths: tuple[int, ...], tile: int,
+    def forward(ctx: Any, x: Tensor, ty: Tensor, tx: Tensor, a: Tensor, tile: int,
                 workspace: Workspace | None) -> Tensor:
-        c, n, h, w = x.shape
+        n, h, w, c = x.shape
         num_j, ho, num_i, wo = ty.shape[0], ty.shape[1], tx.shape[0], tx.shape[1]
-        out_ch = a.shape[-1]
-        take = workspace.take if workspace is not None else (lambda shape, like: like.new_empty(shape))
-        x2 = x.view(c * n * h, w)
-        xmaps = take((num_i, c * n * h, wo), x)
-        for o_lo, o_hi, i_lo, i_hi in band_tiles(tx, tile):
-            for i in range(num_i):
-                torch.mm(x2[:, i_lo:i_hi], tx[i, o_lo:o_hi, i_lo:i_hi].t(), out=xmaps[i][:, o_lo:o_hi])
-        xf = xmaps.view(num_i * c, n * h * wo)
-        zmaps = take((num_j, n * h * wo, out_ch), x)
-        if _uniform(widths, num_i):  # one GEMM for every j (module docstring, "Layout"), then split per j
-            joint = take((n * h * wo, num_j * out_ch), x)
-            torch.mm(xf.t(), _joint_weights(a), out=joint)
-            zmaps.copy_(joint.view(-1, num_j, out_ch).transpose(0, 1))
-        else:
-            for j, width in enumerate(widths):
-                torch.mm(xf[: width * c].t(), a[j, : width * c], out=zmaps[j])
-        zv = zmaps.view(num_j, n, h, wo * out_ch)
-        out = x.new_empty(n, ho, wo * out_ch)
-        for o_lo, o_hi, i_lo, i_hi in band_tiles(ty, tile):
-            dst = out[:, o_lo:o_hi]
-            for j in range(num_j):
-                blk = ty[j, o_lo:o_hi, i_lo:i_hi].expand(n, -1, -1)
-                if j == 0:
-                    torch.bmm(blk, zv[j][:, i_lo:i_hi], out=dst)
-                else:
-                    dst.baddbmm_(blk, zv[j][:, i_lo:i_hi])
-        ctx.save_for_backward(x, xmaps, zmaps, ty, tx, a)
-        ctx.meta = (widths, tile, workspace)
+        out_ch = a.shape[0] // num_j
+        take = _taker(workspace)
+        blocks = _x_blocks(tx, tile)
+        xmaps = _horizontal(x.view(n * h, w, c), blocks, num_i, take((n * h, wo * num_i, c), x))
+        xv = xmaps.view(n, h, wo, num_i * c).permute(0, 3, 1, 2)
+        zmaps = [_conv1x1(xv, a[j * out_ch:(j + 1) * out_ch]).permute(0, 2, 3, 1).reshape(n, h, wo * out_ch)
+                 for j in range(num_j)]
+        out = _vertical(zmaps, ty, tile, x.new_empty(n, ho, wo * out_ch))
+        ctx.save_for_backward(x, xmaps, ty, tx, a, *zmaps)
+        ctx.meta = (tile, workspace)
         return out.view(n, ho, wo, out_ch)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, xmaps, zmaps, ty, tx, a = ctx.saved_tensors
-        widths, tile, workspace = ctx.meta
+        x, xmaps, ty, tx, a, *zmaps = ctx.saved_tensors
+        tile, workspace = ctx.meta
         need_x, need_ty, need_tx, need_a = ctx.needs_input_grad[:4]
-        c, n, h, w = x.shape
+        n, h, w, c = x.shape
         num_j, ho, num_i, wo = ty.shape[0], ty.shape[1], tx.shape[0], tx.shape[1]
-        out_ch = a.shape[-1]
+        out_ch = a.shape[0] // num_j
+        take = _taker(workspace)
         gv = grad.contiguous().view(n, ho, wo * out_ch)
-        zv = zmaps.view(num_j, n, h, wo * out_ch)
-        g_ty = torch.zeros_like(ty) if need_ty else None
-        if g_ty is not None:
-            for o_lo, o_hi, i_lo, i_hi in band_tiles(ty, tile):
-                for j in range(num_j):
-                    prod = torch.bmm(gv[:, o_lo:o_hi], zv[j][:, i_lo:i_hi].transpose(1, 2))
-                    g_ty[j, o_lo:o_hi, i_lo:i_hi] = prod.sum(0)
-        take = workspace.take if workspace is not None else (lambda shape, like: like.new_empty(shape))
-        g_zmaps = take(tuple(zmaps.shape), zmaps)
-        g_z = g_zmaps.view_as(zv)
-        for i_lo, i_hi, o_lo, o_hi in band_tiles(ty.transpose(1, 2), tile):  # input rows: no overlap
-            for j in range(num_j):
-                blk = ty[j, o_lo:o_hi, i_lo:i_hi].t().contiguous().expand(n, -1, -1)
-                torch.bmm(blk, gv[:, o_lo:o_hi], out=g_z[j][:, i_lo:i_hi])
-        g_z = g_zmaps
-        xf = xmaps.view(num_i * c, n * h * wo)
-        g_xm = take(tuple(xmaps.shape), xmaps)
-        g_xf = g_xm.view_as(xf)
-        if _uniform(widths, num_i):
-            g_joint = take((n * h * wo, num_j * out_ch), zmaps)
-            g_joint.view(-1, num_j, out_ch).copy_(g_z.transpose(0, 1))
-            g_a = torch.mm(xf, g_joint).view(-1, num_j, out_ch).transpose(0, 1).contiguous() if need_a else None
-            torch.mm(_joint_weights(a), g_joint.t(), out=g_xf)
-        else:
-            g_a = _combine_weight_grad(xf, g_z, a, widths, c) if need_a else None
-            for j, width in enumerate(widths):  # widths[0] is the full I: it initialises g_x maps
-                if j == 0:
-                    torch.mm(a[j, : width * c], g_z[j].t(), out=g_xf[: width * c])
-                else:
-                    g_xf[: width * c].addmm_(a[j, : width * c], g_z[j].t())
-        x2 = x.view(c * n * h, w)
-        g_tx = torch.zeros_like(tx) if need_tx else None
-        if g_tx is not None:
-            for o_lo, o_hi, i_lo, i_hi in band_tiles(tx, tile):
-                for i in range(num_i):
-                    g_tx[i, o_lo:o_hi, i_lo:i_hi] = g_xm[i][:, o_lo:o_hi].t() @ x2[:, i_lo:i_hi]
-        g_x = None
-        if need_x:
-            g_x = x.new_empty(c * n * h, w)
-            for i_lo, i_hi, o_lo, o_hi in band_tiles(tx.transpose(1, 2), tile):
-                dst = g_x[:, i_lo:i_hi]
-                for i in range(num_i):
-                    if i == 0:
-                        torch.mm(g_xm[i][:, o_lo:o_hi], tx[i, o_lo:o_hi, i_lo:i_hi], out=dst)
-                    else:
-                        dst.addmm_(g_xm[i][:, o_lo:o_hi], tx[i, o_lo:o_hi, i_lo:i_hi])
-            g_x = g_x.view(c, n, h, w)
-        return g_x, g_ty, g_tx, g_a, None, None, None
+        g_joint = take((n, h, wo, num_j, out_ch), x)
+        g_ty = _vertical_grads(gv, zmaps, ty, tile, g_joint, need_ty)
+        g_jv = g_joint.view(n, h, wo, num_j * out_ch).permute(0, 3, 1, 2)
+        xv = xmaps.view(n, h, wo, num_i * c).permute(0, 3, 1, 2)
+        g_a = _conv1x1_weight_grad(g_jv, xv, a) if need_a else None
+        g_x3 = g_tx = None
+        if need_x or need_tx:
+            g_xm = _conv1x1(g_jv, a.t()).permute(0, 2, 3, 1).reshape(n * h, wo * num_i, c)
+            g_x3, g_tx = _horizontal_grads(x.view(n * h, w, c), g_xm, _x_blocks(tx, tile), tx,
+                                           (need_x, need_tx))
+        g_x = g_x3.view(n, h, w, c) if g_x3 is not None else None
+        return g_x, g_ty, g_tx, g_a, None, None
 
 
 def separable_conv2d(
@@ -264,8 +273,8 @@ def separable_conv2d(
         ty = toeplitz_1d(g_y, h, list(plan.centers_y)).to(dtype)  # [J, H', H]
         tx = toeplitz_1d(g_x, w, list(plan.centers_x)).to(dtype)  # [I, W', W]
         a = _combine_weights(alpha.to(dtype), order)
-        xt = x.to(dtype).transpose(0, 1).contiguous()  # [C, N, H, W]
-        out: Tensor = _Separable.apply(xt, ty, tx, a, _widths(order), tile, workspace)  # type: ignore[no-untyped-call]
+        xt = x.to(dtype).permute(0, 2, 3, 1).contiguous()  # [N, H, W, C]: free for a channels-last input
+        out: Tensor = _Separable.apply(xt, ty, tx, a, tile, workspace)  # type: ignore[no-untyped-call]
         if bias is not None:
             out = out + bias.to(dtype)
         return out.permute(0, 3, 1, 2)
