@@ -180,8 +180,8 @@ def _vertical_grads(gv: Tensor, zmaps: list[Tensor], ty: Tensor, tile: int, g_jo
     the combine's 1×1 conv gives them) and, when asked, ``dL/dT_y``."""
     n, _, wo, num_j, out_ch = g_joint.shape
     g_ty = torch.zeros_like(ty) if need_ty else None
-    for o_lo, o_hi, i_lo, i_hi in band_tiles(ty, tile):
-        if g_ty is not None:
+    if g_ty is not None:
+        for o_lo, o_hi, i_lo, i_hi in band_tiles(ty, tile):
             for j, z in enumerate(zmaps):
                 g_ty[j, o_lo:o_hi, i_lo:i_hi] = torch.bmm(gv[:, o_lo:o_hi], z[:, i_lo:i_hi].transpose(1, 2)).sum(0)
     for i_lo, i_hi, o_lo, o_hi in band_tiles(ty.transpose(1, 2), tile):  # input rows: no overlap
@@ -208,14 +208,14 @@ class _Separable(torch.autograd.Function):
                  for j in range(num_j)]
         out = _vertical(zmaps, ty, tile, x.new_empty(n, ho, wo * out_ch))
         ctx.save_for_backward(x, xmaps, ty, tx, a, *zmaps)
-        ctx.meta = (tile, workspace)
+        ctx.meta = (tile, workspace, blocks)
         return out.view(n, ho, wo, out_ch)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, xmaps, ty, tx, a, *zmaps = ctx.saved_tensors
-        tile, workspace = ctx.meta
+        tile, workspace, blocks = ctx.meta
         need_x, need_ty, need_tx, need_a = ctx.needs_input_grad[:4]
         n, h, w, c = x.shape
         num_j, ho, num_i, wo = ty.shape[0], ty.shape[1], tx.shape[0], tx.shape[1]
@@ -230,8 +230,7 @@ class _Separable(torch.autograd.Function):
         g_x3 = g_tx = None
         if need_x or need_tx:
             g_xm = _conv1x1(g_jv, a.t()).permute(0, 2, 3, 1).reshape(n * h, wo * num_i, c)
-            g_x3, g_tx = _horizontal_grads(x.view(n * h, w, c), g_xm, _x_blocks(tx, tile), tx,
-                                           (need_x, need_tx))
+            g_x3, g_tx = _horizontal_grads(x.view(n * h, w, c), g_xm, blocks, tx, (need_x, need_tx))
         g_x = g_x3.view(n, h, w, c) if g_x3 is not None else None
         return g_x, g_ty, g_tx, g_a, None, None
 
@@ -254,9 +253,9 @@ def separable_conv2d(
     """N-Jet convolution computed separably; equals ``F.conv2d`` with the composed kernel and 'same' padding.
 
     Arguments as in :func:`~njet_layers.basis_first.basis_first_conv2d`; ``groups`` must satisfy
-    :func:`supports_separable`; ``tile``: output rows per Toeplitz block; ``workspace``: reusable buffers
-    (:class:`Workspace`; ``None`` allocates fresh ones). Runs in ``x``'s dtype, or in the autocast dtype when
-    autocast is on (the 1-D filters are formed in σ's precision first).
+    :func:`supports_separable`; ``tile``: output rows (columns) per vertical (horizontal) Toeplitz block;
+    ``workspace``: reusable buffers (:class:`Workspace`; ``None`` allocates fresh ones). Runs in ``x``'s dtype, or
+    in the autocast dtype when autocast is on (the 1-D filters are formed in σ's precision first).
     Returns ``[N, C_out, H', W']`` with channels-last strides.
     """
     _, c, h, w = x.shape
