@@ -3,6 +3,7 @@ of the original, the lossless conversion (``order="exact"``) and the paper's ord
 in one run so machine load hits them alike; median seconds and the ratio to the original.
 
     python benchmarks/step_cost.py --threads 2 --rounds 8
+    python benchmarks/step_cost.py --threads 2 --rounds 8 --channels-last   # every network and input channels-last
 
 Networks: the real ImageNet MobileNetV2 (batch 16 at 128 px by default) and the zoo's CIFAR ResNet-32 (random
 init, batch 64 at 32 px). Both conversions use safe subsampling (the default), so strided convs become stride-1
@@ -54,10 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--size", type=int, default=128, help="MobileNetV2 input size")
     parser.add_argument("--batch", type=int, default=16, help="MobileNetV2 batch")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run every network (the originals too) and its input in channels-last memory format")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"SGD training step, CPU, {args.threads} threads, median of {args.rounds} interleaved rounds")
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    print(f"SGD training step, CPU, {args.threads} threads, median of {args.rounds} interleaved rounds"
+          + (", channels-last" if args.channels_last else ""))
     print(f"| {'network':<32} | {'variant':<18} | {'ms / step':>9} | {'ratio':>5} |")
     print(f"|{'-' * 34}|{'-' * 20}|{'-' * 11}|{'-' * 7}|")
     for label, build, size, batch in _networks(args):
@@ -65,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
         variants = {"original": original}
         for order in ("exact", 3):
             variants[f"N-Jet order {order}"] = njet_convert.convert(original, order=order)[0]
-        x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+        for model in variants.values():
+            model.to(memory_format=layout)
+        x, y = torch.randn(batch, 3, size, size).contiguous(memory_format=layout), torch.randint(0, 10, (batch,))
         steps = {name: _step(model, x, y) for name, model in variants.items()}
         for step in steps.values():
             step()

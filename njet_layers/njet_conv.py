@@ -21,6 +21,7 @@ from .basis import BasisOrder, axis_orders, basis_size, compose_basis, describe_
 from .basis_first import basis_first_conv2d, output_centers
 from .dispatch import IMPLS, Impl, KernelCache, impl_costs, uses_grad
 from .fft_conv import fft_conv2d
+from .kernel_compose import compose_kernel
 from .sampled_conv import conv2d_at
 from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds, positive_scalar
 from .separable import Workspace, separable_conv2d, supports_separable
@@ -168,7 +169,10 @@ class NJetConv2d(nn.Module):
     def radius(self) -> int:
         """Filter half-width ``ceil(k * sigma)``, capped by ``max_kernel_size``."""
         cap = None if self.max_kernel_size is None else (self.max_kernel_size - 1) // 2
-        return filter_radius(self.sigma.detach(), self.k, cap)
+        lo, hi = self.sigma_bounds
+        with torch.no_grad():  # the value of `sigma`, without recording the clamp for autograd
+            sigma = self.log_sigma.clamp(math.log(lo), math.log(hi)).exp()
+        return filter_radius(sigma, self.k, cap)
 
     @property
     def kernel_size(self) -> int:
@@ -236,15 +240,7 @@ class NJetConv2d(nn.Module):
         small high-order terms); the convolution itself may still run in reduced precision.
         """
         with torch.autocast(self.alpha.device.type, enabled=False):
-            out, in_per_group, m = self.alpha.shape
-            if is_tensor_basis(self.order):  # separable coefficients: g_yᵀ · α · g_x, no M×s×s basis
-                g_x, g_y = (g.to(self.alpha.dtype) for g in self.axis_filters())
-                coeffs = self.alpha.reshape(out * in_per_group, g_y.shape[0], g_x.shape[0])
-                return (g_y.T @ coeffs @ g_x).reshape(out, in_per_group, g_y.shape[1], g_x.shape[1])
-            basis = self.basis().to(self.alpha.dtype)
-            # a plain matmul (not einsum) keeps α's gradient in α's own strides, as DDP's buckets expect
-            return (self.alpha.reshape(out * in_per_group, m) @ basis.reshape(m, -1)).reshape(
-                out, in_per_group, *basis.shape[-2:])
+            return compose_kernel(self.alpha, self.log_sigma, self.sigma_bounds, self.order, self.radius, self.mixes)
 
     def forward(self, x: Tensor) -> Tensor:
         sampler = getattr(self, "_sampler", None)
@@ -271,8 +267,15 @@ class NJetConv2d(nn.Module):
             return self.impl
         if _tracing():
             return "dense"  # exporters and compilers see one plain conv2d
+        radius = self.radius
+        key = (size, batch, radius, self.stride, self.crop, self.alpha.device)
+        memo = getattr(self, "_impl_memo", None)
+        if memo is not None and memo[0] == key:
+            return memo[1]  # type: ignore[no-any-return]
         costs = self._path_costs(size, batch)
-        return min(costs, key=costs.__getitem__)
+        choice = min(costs, key=costs.__getitem__)
+        self._impl_memo = (key, choice)
+        return choice
 
     def chosen_impl(self, x: Tensor) -> str:
         """The path ``forward`` takes on ``x``: :meth:`resolve_impl`, or under
