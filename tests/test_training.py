@@ -276,3 +276,25 @@ def test_sigma_delay_holds_sigma_while_alpha_learns():
     assert [r["sigma"] for r in lrs] == [0.0] * 5 + [0.05] * 2 and all(r["alpha"] == 0.1 for r in lrs)
     with pytest.raises(ValueError, match="sigma_delay_epochs"):
         FinetuneConfig(sigma_delay_epochs=-1)
+
+
+def _layout_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1),
+                         NJetConv2d(4, 3, order=1, sigma=0.8), nn.Flatten(), nn.LazyLinear(2))
+
+
+@pytest.mark.parametrize("setting,expect_channels_last", [("auto", False), (True, True), (False, False)])
+def test_channels_last_setting_on_cpu(setting, expect_channels_last):
+    x, y = toy_data()
+    reference = _layout_net()
+    reference(x[:1])
+    model = _layout_net()
+    model(x[:1])
+    model.load_state_dict(reference.state_dict())
+    result = finetune(model, (x, y), epochs=1, config=quiet_config(channels_last=setting, seed=4), device="cpu")
+    base = finetune(reference, (x, y), epochs=1, config=quiet_config(channels_last=False, seed=4), device="cpu")
+    assert model[1].weight.is_contiguous(memory_format=torch.channels_last) is expect_channels_last
+    assert result.history[-1]["train_loss"] == pytest.approx(base.history[-1]["train_loss"], rel=1e-4)
+    with pytest.raises(ValueError, match="channels_last"):
+        FinetuneConfig(channels_last="yes")

@@ -150,7 +150,8 @@ class _Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, label_smoothing=config.label_smoothing))
         self.precision = resolve_precision(config.amp, ctx.device)
-        self.channels_last = config.channels_last and ctx.device.type == "cuda"
+        self.channels_last = config.channels_last is True or (
+            config.channels_last == "auto" and ctx.device.type == "cuda")
         _seed_all(config.seed)  # identical initial state on every rank
         self.model = model.to(ctx.device)
         if self.channels_last:
