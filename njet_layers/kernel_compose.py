@@ -107,7 +107,7 @@ def compose_kernel(alpha: Tensor, log_sigma: Tensor, sigma_bounds: tuple[float, 
     """The filters ``[O, I/g, s, s]`` ``α · B(σ)`` of an NJetConv2d, ``σ = exp(log σ)`` kept inside
     ``sigma_bounds`` as :func:`~njet_layers.scale.bounded_sigma` does; differentiable in α and log σ."""
     bounds = (math.log(sigma_bounds[0]), math.log(sigma_bounds[1]))
-    return _ComposeKernel.apply(alpha, log_sigma, bounds, order, radius, mixes)  # type: ignore[no-any-return]
+    return _ComposeKernel.apply(alpha, log_sigma, bounds, order, radius, mixes)  # type: ignore[no-any-return,no-untyped-call]
 
 
 def compose_kernel_autograd(alpha: Tensor, log_sigma: Tensor, sigma_bounds: tuple[float, float], order: BasisOrder,

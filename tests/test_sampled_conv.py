@@ -20,6 +20,13 @@ CASES = [  # (kernel, padding, rows, cols, dilation, groups, size)
     (3, (2, 2), range(0, 14, 2), range(0, 14, 2), (2, 2), 1, (14, 14)),  # dilation
     (3, (1, 1), [0, 3, 5, 8, 11], [1, 2, 6, 9, 13], (1, 1), 1, (14, 14)),  # no grid: gathered
     (3, (1, 1), range(0, 16, 2), range(0, 16, 3), (1, 1), 1, (16, 16)),  # different steps per axis
+    (3, (1, 1), [0, 2, 4, 7, 9, 11, 13], [0, 2, 4, 6, 8, 11, 13], (1, 1), 1, (14, 14)),  # factor just above 2
+    (5, (2, 2), [0, 2, 5, 7, 10, 12, 15], [1, 3, 5, 8], (1, 1), 4, (16, 16)),  # last run reads the bottom pad
+    (5, (2, 2), [2, 4, 6, 9], [0, 3, 6, 8, 10, 12, 15], (1, 1), 1, (16, 16)),  # a run of one column at the end
+    (3, (-1, -1), [0, 2, 5, 7, 9], [0, 2, 4, 7], (1, 1), 1, (14, 14)),  # runs in a cropped output
+    (3, (2, 2), [0, 2, 4, 7, 9, 11], [0, 2, 5, 7, 9], (2, 2), 1, (14, 14)),  # runs with dilation
+    # 5 × 5 runs, more pieces than MAX_PIECES: gathered
+    (3, (1, 1), [0, 1, 3, 4, 6, 7, 9, 10, 12, 13], [0, 1, 3, 4, 6, 7, 9, 10, 12], (1, 1), 1, (15, 15)),
 ]
 
 
@@ -44,3 +51,25 @@ def test_values_and_gradients_match_the_full_conv(kernel: int, padding: tuple[in
     expected = torch.autograd.grad((want * probe).sum(), (x, weight, bias))
     for a, b in zip(grads, expected, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_factor_near_an_integer_runs_strided_convs_not_gathers(monkeypatch: pytest.MonkeyPatch,
+                                                                 channels_last: bool) -> None:
+    import njet_layers.sampled_conv as sampled
+
+    monkeypatch.setattr(sampled, "_gather", lambda *a: pytest.fail("gathered"))
+    idx = (torch.arange(27) * 2.04).round().long()  # σ moved the factor off 2: two runs per axis
+    x = torch.randn(2, 3, 56, 56, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    got = sampled.conv2d_at(x, w, None, idx, idx, (1, 1), (1, 1), 1)
+    want = F.conv2d(x, w, None, 1, 1)[..., idx, :][..., idx]
+    torch.testing.assert_close(got, want)
+    probe = torch.randn_like(want)
+    for a, b in zip(torch.autograd.grad((got * probe).sum(), (x, w)),
+                    torch.autograd.grad((want * probe).sum(), (x, w)), strict=True):
+        torch.testing.assert_close(a, b)
+    assert len(sampled._runs(idx) or []) == 2
