@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .axis_filters import axis_filters
-from .basis import BasisOrder, axis_orders, basis_orders, compose_basis
+from .basis import BasisOrder, axis_orders, basis_orders, compose_basis, is_tensor_basis
 from .scale import bounded_sigma
 
 __all__ = ["compose_kernel", "compose_kernel_autograd", "gaussian_derivatives_1d_with_slope"]
@@ -112,10 +112,15 @@ def compose_kernel(alpha: Tensor, log_sigma: Tensor, sigma_bounds: tuple[float, 
 
 def compose_kernel_autograd(alpha: Tensor, log_sigma: Tensor, sigma_bounds: tuple[float, float], order: BasisOrder,
                             radius: int, mixes: Mixes | None = None) -> Tensor:
-    """:func:`compose_kernel` built op by op through autograd (every derivative order, any device, no host copies):
-    the reference it is tested and timed against (``benchmarks/kernel_compose.py``)."""
+    """:func:`compose_kernel` built op by op through autograd: every derivative order, no host copies. The layer
+    uses it off the CPU (where the node's host round trips are unmeasured); tests and
+    ``benchmarks/kernel_compose.py`` hold the node against it."""
     sigma = bounded_sigma(log_sigma, sigma_bounds)
-    basis = compose_basis(order, *axis_filters(order, sigma, radius, mixes))
+    g_x, g_y = (g.to(alpha.dtype) for g in axis_filters(order, sigma, radius, mixes))
     out, in_per_group, m = alpha.shape
-    weight = alpha.reshape(-1, m) @ basis.reshape(m, -1).to(alpha.dtype)
-    return weight.reshape(out, in_per_group, *basis.shape[1:])
+    if is_tensor_basis(order):  # separable coefficients g_yᵀ · α · g_x: no M × s × s basis
+        coeffs = alpha.reshape(out * in_per_group, g_y.shape[0], g_x.shape[0])
+        return (g_y.T @ coeffs @ g_x).reshape(out, in_per_group, g_y.shape[1], g_x.shape[1])
+    basis = compose_basis(order, g_x, g_y)
+    # a plain matmul (not einsum) keeps α's gradient in α's own strides, as DDP's buckets expect
+    return (alpha.reshape(-1, m) @ basis.reshape(m, -1)).reshape(out, in_per_group, *basis.shape[1:])

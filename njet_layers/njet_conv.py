@@ -21,7 +21,7 @@ from .basis import BasisOrder, axis_orders, basis_size, compose_basis, describe_
 from .basis_first import basis_first_conv2d, output_centers
 from .dispatch import IMPLS, Impl, KernelCache, impl_costs, uses_grad
 from .fft_conv import fft_conv2d
-from .kernel_compose import compose_kernel
+from .kernel_compose import compose_kernel, compose_kernel_autograd
 from .sampled_conv import conv2d_at
 from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds, positive_scalar
 from .separable import Workspace, separable_conv2d, supports_separable
@@ -240,7 +240,8 @@ class NJetConv2d(nn.Module):
         small high-order terms); the convolution itself may still run in reduced precision.
         """
         with torch.autocast(self.alpha.device.type, enabled=False):
-            return compose_kernel(self.alpha, self.log_sigma, self.sigma_bounds, self.order, self.radius, self.mixes)
+            compose = compose_kernel if self.alpha.device.type == "cpu" else compose_kernel_autograd
+            return compose(self.alpha, self.log_sigma, self.sigma_bounds, self.order, self.radius, self.mixes)
 
     def forward(self, x: Tensor) -> Tensor:
         sampler = getattr(self, "_sampler", None)

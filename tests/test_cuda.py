@@ -119,3 +119,21 @@ def test_two_process_nccl(tmp_path) -> None:
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.mark.parametrize("cfg", CFGS)
+def test_the_kernel_node_on_cuda_equals_the_autograd_composition(cfg: dict) -> None:
+    """The layer composes with autograd off the CPU; the single node (host round trips) must agree there too, for
+    the day a GPU measures it faster."""
+    from njet_layers.kernel_compose import compose_kernel, compose_kernel_autograd
+
+    layer = _layer(cfg, "dense").cuda()
+    args = (layer.sigma_bounds, layer.order, layer.radius, layer.mixes)
+    got = compose_kernel(layer.alpha, layer.log_sigma, *args)
+    want = compose_kernel_autograd(layer.alpha, layer.log_sigma, *args)
+    torch.testing.assert_close(got, want)
+    probe = torch.randn_like(want)
+    grads = torch.autograd.grad((got * probe).sum(), (layer.alpha, layer.log_sigma))
+    expected = torch.autograd.grad((want * probe).sum(), (layer.alpha, layer.log_sigma))
+    for a, b in zip(grads, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
