@@ -10,6 +10,9 @@ start"):
   (``FinetuneConfig.resolution_search``: per stage the octave of σ and subsampling factor of lowest training loss),
   then σ learned at ``--sigma-lr`` (``--covariant``: every point on the covariant law and no search, the earlier
   variant);
+- **converted, within budget** (``--variants budget``): resolution learned as above, the search held to
+  ``--budget`` (default 1.5) times the converted network's multiply-adds at the reference size
+  (``FinetuneConfig.search_max_macs``): the question of a user whose deployment can afford that much;
 - **converted, σ frozen**: the same network with σ fixed (so with the original's sizes).
 
 Columns: test accuracy, σ and subsampling factor per stage before → after, multiply-adds per image of the
@@ -23,6 +26,7 @@ Fashion-MNIST's training set, test images the first ``--test`` of its test set; 
     python benchmarks/transfer.py                    # 4000 / 1000, 2 epochs
     python benchmarks/transfer.py --mobilenet        # also MobileNetV2 (ImageNet weights), reference size 56 px
     python benchmarks/transfer.py --quick --networks mobilenet_v2 --variants learned --search-batchnorm batch
+    python benchmarks/transfer.py --quick --variants learned budget --budget 1.5
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from njet_convert import export_onnx
 from njet_convert.data.fashion_mnist import load_fashion_mnist
 from njet_convert.models.real_weights import MNIST_MEAN, MNIST_STD, load_mnist_cnn, load_mobilenet_v2
 from njet_convert.training import FinetuneConfig, finetune
+from njet_convert.training.resolution import multiply_adds
 from njet_layers import NJetConv2d, SafeSubsample
 
 __all__ = ["fashion_split", "main", "onnx_multiply_adds", "resized", "stages"]
@@ -144,13 +149,14 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return 100.0 * float(torch.cat([model(b).argmax(1) for b in x.split(250)]).eq(y).float().mean())
 
 
-def _run(model: nn.Module, data: tuple, args, sigma_lr: float, search: bool = False) -> dict:
+def _run(model: nn.Module, data: tuple, args, sigma_lr: float, search: bool = False,
+         max_macs: float | None = None) -> dict:
     x_tr, y_tr, x_te, y_te = data
     before = stages(model)
     cfg = FinetuneConfig(lr=args.lr, sigma_lr=sigma_lr, batch_size=64, seed=0, warmup_epochs=0.1, progress=False,
                          plots=False, tensorboard=False, max_steps_per_epoch=args.max_steps,
                          sigma_delay_epochs=args.sigma_delay, resolution_search=search,
-                         search_batchnorm=args.search_batchnorm)
+                         search_batchnorm=args.search_batchnorm, search_max_macs=max_macs)
     start = time.perf_counter()
     result = finetune(model, (x_tr, y_tr), epochs=args.epochs, config=cfg, device="cpu")
     seconds = (time.perf_counter() - start) / max(result.global_step, 1)
@@ -163,7 +169,8 @@ def _run(model: nn.Module, data: tuple, args, sigma_lr: float, search: bool = Fa
 
 
 _NETWORKS = {"mnist_cnn": ("MNIST CNN", _mnist_cnn), "mobilenet_v2": ("MobileNetV2", _mobilenet)}
-_VARIANTS = {"original": "original", "learned": "converted, resolution learned", "frozen": "converted, σ frozen"}
+_VARIANTS = {"original": "original", "learned": "converted, resolution learned",
+             "budget": "converted, resolution learned within budget", "frozen": "converted, σ frozen"}
 
 
 def _fmt(values: list[tuple[float, float]], which: int) -> str:
@@ -184,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="resolution learned = covariant law + σ gradients, no search (the earlier variant)")
     parser.add_argument("--search-batchnorm", choices=("running", "batch"), default="running",
                         help="batch-norm statistics of the search (FinetuneConfig.search_batchnorm)")
+    parser.add_argument("--budget", type=float, default=1.5,
+                        help="the budget variant: multiply-adds at most this times the converted network's at 1×")
     parser.add_argument("--mobilenet", action="store_true", help="also MobileNetV2 (ImageNet weights)")
     parser.add_argument("--networks", nargs="+", choices=tuple(_NETWORKS), default=None,
                         help="the networks to run (default: mnist_cnn, and mobilenet_v2 with --mobilenet)")
@@ -212,14 +221,17 @@ def main(argv: list[str] | None = None) -> None:
             size = max(4, round(info["ref"] * scale))
             data = (_prepare(x_tr, size, info), y_tr, _prepare(x_te, size, info), y_te)
             learned = _covariant(copy.deepcopy(converted)) if args.covariant else copy.deepcopy(converted)
-            variants = {"original": (original, args.lr, False),
-                        "learned": (learned, args.sigma_lr, not args.covariant),
-                        "frozen": (_freeze_sigma(copy.deepcopy(converted)), 0.0, False)}
+            reference = _prepare(x_tr[:1], info["ref"], info)
+            budget = args.budget * multiply_adds(converted, reference) if "budget" in args.variants else None
+            variants = {"original": (original, args.lr, False, None),
+                        "learned": (learned, args.sigma_lr, not args.covariant, None),
+                        "budget": (copy.deepcopy(converted), args.sigma_lr, True, budget),
+                        "frozen": (_freeze_sigma(copy.deepcopy(converted)), 0.0, False, None)}
             for key in args.variants:
-                model, sigma_lr, search = variants[key]
-                variant = _VARIANTS[key]
+                model, sigma_lr, search, max_macs = variants[key]
+                variant = _VARIANTS[key] + (f" ({args.budget:g}× the 1× multiply-adds)" if max_macs else "")
                 torch.manual_seed(0)
-                r = _run(model, data, args, sigma_lr, search)
+                r = _run(model, data, args, sigma_lr, search, max_macs)
                 print(f"| {name} | {scale:g}× ({size}) | {variant} | {r['acc']:.1f} | {_fmt(r['before'], 0)} → "
                       f"{_fmt(r['after'], 0)} | {_fmt(r['before'], 1)} → {_fmt(r['after'], 1)} | "
                       f"{r['macs'] / 1e6:.2f} M | {r['step']:.3f} |", flush=True)

@@ -3,6 +3,7 @@ first stage twice as coarse), the network left unchanged when no move pays, and 
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -197,3 +198,89 @@ def test_the_search_measures_with_the_batch_norm_statistics_asked_for(batch_stat
     assert model.training and model.bn.training  # the model's mode is back
     for key, value in model.bn.state_dict().items():
         torch.testing.assert_close(value, saved[key])
+
+
+def _macs(images: torch.Tensor):
+    from njet_convert.training.resolution import multiply_adds
+
+    return lambda model: float(multiply_adds(model, images[:1]))
+
+
+def test_a_budget_makes_the_search_take_the_best_move_that_fits(exact_cnn, digits) -> None:
+    x, y = digits  # at the trained scale nothing moves without a budget (above)
+    start = _macs(x)(exact_cnn)
+    choices = search_resolution(exact_cnn, _loss(x, y), resolution_stages(exact_cnn, x[:2]), cost=_macs(x),
+                                max_cost=0.6 * start)
+    assert _macs(x)(exact_cnn) <= 0.6 * start
+    first = choices[0]
+    assert first.factor_octave > 0 and first.factor_after > first.factor_before  # coarser: fewer multiply-adds
+    assert set(first.costs) == {k for k, v in first.losses.items() if math.isfinite(v)}
+    fitting = {k: v for k, v in first.losses.items() if first.costs.get(k, math.inf) <= 0.6 * start}
+    if fitting:  # the stage's own pick: the lowest loss of those that fit
+        assert first.losses[f"{first.sigma_octave:g}/{first.factor_octave:g}"] == min(fitting.values())
+
+
+def test_a_budget_the_network_already_fits_changes_nothing(exact_cnn, digits) -> None:
+    x, y = digits
+    reference = exact_cnn.eval()(x)
+    choices = search_resolution(exact_cnn, _loss(x, y), resolution_stages(exact_cnn, x[:2]), cost=_macs(x),
+                                max_cost=10 * _macs(x)(exact_cnn))
+    assert all((c.sigma_octave, c.factor_octave) == (0.0, 0.0) for c in choices)
+    torch.testing.assert_close(exact_cnn(x), reference)
+
+
+def test_when_no_move_fits_a_stage_steps_towards_the_budget() -> None:
+    choose = importlib.import_module("njet_convert.training.resolution_search")._choose
+    losses = {(0.0, 0.0): 1.0, (1.0, 1.0): 0.5, (0.0, 1.0): 1.2, (-1.0, -1.0): math.inf}
+    costs = {(0.0, 0.0): 10.0, (1.0, 1.0): 20.0, (0.0, 1.0): 5.0}  # no cost where the loss is infinite
+    assert choose(losses, costs, None, 0.01) == (1.0, 1.0)  # no budget: the lowest loss
+    assert choose(losses, costs, 25.0, 0.01) == (1.0, 1.0)  # everything fits: the same
+    assert choose(losses, costs, 12.0, 0.01) == (0.0, 0.0)  # staying fits and no fitting move beats it
+    assert choose(losses, costs, 4.0, 0.01) == (0.0, 1.0)  # nothing fits: cheaper than staying, though worse
+    cheaper = {**costs, (1.0, 1.0): 8.0}
+    assert choose(losses, cheaper, 4.0, 0.01) == (1.0, 1.0)  # of the moves cheaper than staying, the lowest loss
+    assert choose(losses, {(0.0, 0.0): 10.0}, 4.0, 0.01) == (0.0, 0.0)  # no cheaper move: stay
+    assert choose(losses, costs, 25.0, 0.6) == (0.0, 0.0)  # min_gain still guards staying
+
+
+def test_a_budget_is_checked() -> None:
+    import argparse
+
+    from njet_convert.training.cli import add_training_arguments, config_from_args
+
+    with pytest.raises(ValueError, match="go together"):
+        search_resolution(nn.Identity(), lambda m: 0.0, [], cost=lambda m: 1.0)
+    with pytest.raises(ValueError, match="max_cost"):
+        search_resolution(nn.Identity(), lambda m: 0.0, [], cost=lambda m: 1.0, max_cost=0.0)
+    with pytest.raises(ValueError, match="resolution_search=True"):
+        FinetuneConfig(search_max_macs=1e6)
+    with pytest.raises(ValueError, match="search_max_macs"):
+        FinetuneConfig(resolution_search=True, search_max_macs=-1.0)
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    args = parser.parse_args(["--resolution-search", "--search-max-macs", "12.5M"])
+    assert config_from_args(args).search_max_macs == 12.5e6
+    for bad in ("12.5X", "-3", "inf", "M"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--search-max-macs", bad])
+
+
+def test_finetune_passes_the_budget_to_the_search(monkeypatch) -> None:
+    module = importlib.import_module("njet_convert.training.finetune")
+    seen: dict[str, object] = {}
+    real = module.search_resolution
+
+    def spying(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "search_resolution", spying)
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 3, (32,))
+    cfg = FinetuneConfig(batch_size=16, resolution_search=True, search_batches=1, search_max_macs=100.0,
+                         progress=False, plots=False, tensorboard=False)
+    done = finetune(_Net(), (x, y), epochs=1, config=cfg, device="cpu")
+    assert seen["max_cost"] == 100.0 and callable(seen["cost"])
+    assert done.resolution_search[0]["costs"]  # the cost of every move measured is kept with the choice
+    assert module._Trainer._budget_note(1500.0, 1000.0) == " (1,500 multiply-adds/image, over the budget of 1,000)"
+    assert "within the budget" in module._Trainer._budget_note(1000.0, 1000.0)

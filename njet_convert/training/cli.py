@@ -49,6 +49,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     g.add_argument("--search-batchnorm", choices=("running", "batch"), default="running",
                    help="batch-norm statistics the search judges moves with: the running ones of the old "
                         "resolution, or each batch's own as in training (default running)")
+    g.add_argument("--search-max-macs", type=_count, default=None, metavar="N",
+                   help="compute budget of the resolution search: multiply-adds per training image (e.g. 12.5M); "
+                        "per stage the move of lowest loss that fits")
     g.add_argument("--autotune", action="store_true",
                    help="N-Jet layers time their paths once per shape and keep the fastest (docs/layer.md)")
     g.add_argument("--alpha-decay", type=float, default=1e-4, help="L2 weight on α (paper: 1e-4..1e-2)")
@@ -70,6 +73,21 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     return g
 
 
+_SUFFIXES = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def _count(text: str) -> float:
+    """A positive count with an optional k / M / G suffix (``12.5M``); ArgumentTypeError otherwise."""
+    number, suffix = (text[:-1], text[-1].lower()) if text[-1:].isalpha() else (text, "")
+    try:
+        value = float(number) * _SUFFIXES[suffix]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a count such as 12.5M or 3e6, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive count, got {text!r}")
+    return value
+
+
 _CHANNELS_LAST: dict[str, bool | Literal["auto"]] = {"auto": "auto", "on": True, "off": False}
 
 
@@ -81,6 +99,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         sigma_delay_epochs=getattr(args, "sigma_delay_epochs", 0.0),
         resolution_search=getattr(args, "resolution_search", False),
         search_batchnorm=getattr(args, "search_batchnorm", "running"),
+        search_max_macs=getattr(args, "search_max_macs", None),
         autotune=getattr(args, "autotune", False),
         weight_decay=args.weight_decay, momentum=getattr(args, "momentum", 0.9),
         betas=tuple(getattr(args, "betas", None) or (0.9, 0.999)),

@@ -47,7 +47,10 @@ class FinetuneConfig:
     gradient, so this is how a converted network moves its resolution by whole octaves (a zoomed input).
     ``search_batchnorm``: the statistics batch norm normalises by while the search measures the loss —
     ``"running"`` (eval mode: those gathered at the old resolution) or ``"batch"`` (each batch's own, as training
-    does, so that a move is not judged by statistics of the resolution it leaves).
+    does, so that a move is not judged by statistics of the resolution it leaves). ``search_max_macs``: a compute
+    budget for the search, multiply-adds per training image as
+    :func:`njet_convert.training.resolution.multiply_adds` counts them (N-Jet layers as their dense kernels): per
+    stage the move of lowest loss whose network fits it; when none does, of those cheaper than staying.
     """
 
     lr: float = 0.01
@@ -64,6 +67,7 @@ class FinetuneConfig:
     search_octaves: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
     search_batches: int = 4
     search_batchnorm: Literal["running", "batch"] = "running"
+    search_max_macs: float | None = None  # compute budget of the search, multiply-adds per image
     autotune: bool = False  # impl="auto" layers time their candidate paths once per shape (njet_layers.autotune)
     schedule: Literal["cosine", "step", "multistep", "poly", "constant"] = "cosine"
     warmup_epochs: float = 0.0  # linear warm-up from ``warmup_start * lr``; fractional epochs allowed
@@ -117,6 +121,13 @@ class FinetuneConfig:
             raise ValueError(f"search_batches must be a positive integer, got {self.search_batches!r}")
         if self.search_batchnorm not in ("running", "batch"):
             raise ValueError(f"search_batchnorm must be 'running' or 'batch', got {self.search_batchnorm!r}")
+        if self.search_max_macs is not None:
+            if isinstance(self.search_max_macs, bool) or not (isinstance(self.search_max_macs, int | float) and
+                                                              0 < self.search_max_macs < math.inf):
+                raise ValueError(f"search_max_macs must be a positive number, got {self.search_max_macs!r}")
+            if not self.resolution_search:
+                raise ValueError("search_max_macs (--search-max-macs) is a budget for the resolution search: set "
+                                 "resolution_search=True (--resolution-search)")
         self.betas = tuple(self.betas)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")

@@ -267,12 +267,22 @@ class _Trainer:
             return
         batches = self.train_loader.epoch(p.epoch + 7919, 0)  # its own fixed batches: the run's stream is untouched
         probes = [split_batch(b) for _, b in zip(range(cfg.search_batches), batches, strict=False)]
-        stages = resolution_stages(self.model, to_device(probes[0][0], self.ctx.device, self.channels_last))
+        images = to_device(probes[0][0], self.ctx.device, self.channels_last)
+        stages = resolution_stages(self.model, images)
+        cost = (lambda m: float(multiply_adds(m, images[:1]))) if cfg.search_max_macs is not None else None
         choices = search_resolution(self.model, lambda m: self._search_loss(m, probes), stages, cfg.search_octaves,
-                                    batch_statistics=cfg.search_batchnorm == "batch")
+                                    batch_statistics=cfg.search_batchnorm == "batch", cost=cost,
+                                    max_cost=cfg.search_max_macs)
         self._forget_sigma_momentum()
         p.resolution_search = [c.as_dict() for c in choices]
-        self._say("resolution search: " + ("; ".join(c.describe() for c in choices) or "no N-Jet stage"))
+        self._say("resolution search: " + ("; ".join(c.describe() for c in choices) or "no N-Jet stage")
+                  + (self._budget_note(cost(self.model), cfg.search_max_macs) if cost is not None else ""))
+
+    @staticmethod
+    def _budget_note(macs: float, budget: float | None) -> str:
+        """How the searched network stands against the budget (the search steers by it, it cannot promise it)."""
+        verdict = "within" if budget is not None and macs <= budget else "over"
+        return f" ({macs:,.0f} multiply-adds/image, {verdict} the budget of {budget:,.0f})"
 
     @torch.no_grad()
     def _search_loss(self, model: nn.Module, probes: list[tuple[Tensor, Tensor | None]]) -> float:

@@ -17,6 +17,14 @@ counts as infinite loss. The loss is measured without gradients and with dropout
 ``2 × len(stages) × len(octaves) × batches`` forward passes. Batch norm uses its running statistics by default;
 ``batch_statistics=True`` normalises each batch by its own statistics instead, as training does, so that a move
 is not judged by statistics gathered at the old resolution (the running statistics are left as they were).
+
+A compute budget (``cost`` and ``max_cost``, e.g. multiply-adds per image) makes the choice constrained: per stage
+the move of lowest loss among those whose network then costs at most ``max_cost`` (staying keeps its ``min_gain``
+advantage when it fits), or, when none fits, the move of lowest loss among those cheaper than staying, a step
+towards the budget that the stages after it can continue (the budget is a target: the network the search leaves
+may still exceed it). It is the user's statement of what the deployed network may cost, not a trade-off the search
+makes up: without it a zoomed input may settle at a resolution whose loss is a little lower and whose compute is
+twice as high (docs/design.md, "Resolution learning from a converted start").
 """
 
 from __future__ import annotations
@@ -31,10 +39,13 @@ from torch import Tensor, nn
 
 from njet_layers import NJetConv2d, SafeSubsample
 
-__all__ = ["DEFAULT_OCTAVES", "Stage", "StageChoice", "own_batch_statistics", "resolution_stages", "search_resolution"]
+__all__ = ["DEFAULT_OCTAVES", "CostFn", "LossFn", "Stage", "StageChoice", "own_batch_statistics", "resolution_stages",
+           "search_resolution"]
 
 DEFAULT_OCTAVES: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
 LossFn = Callable[[nn.Module], float]
+CostFn = Callable[[nn.Module], float]
+Move = tuple[float, float]  # (σ octave, factor octave)
 
 
 @dataclass
@@ -57,6 +68,7 @@ class StageChoice:
     factor_before: float | None  # of the stage's point
     factor_after: float | None
     losses: dict[str, float] = field(default_factory=dict)  # "σ octave/factor octave": loss
+    costs: dict[str, float] = field(default_factory=dict)  # the same keys: the network's cost (with a budget)
 
     def describe(self) -> str:
         """``point: σ 0.47 → 0.95, factor 2 → 4``, the line a run prints."""
@@ -69,7 +81,7 @@ class StageChoice:
         return {"point": self.stage.point, "layers": list(self.stage.layers), "sigma_octave": self.sigma_octave,
                 "factor_octave": self.factor_octave, "sigma_before": self.sigma_before,
                 "sigma_after": self.sigma_after, "factor_before": self.factor_before,
-                "factor_after": self.factor_after, "losses": dict(self.losses)}
+                "factor_after": self.factor_after, "losses": dict(self.losses), "costs": dict(self.costs)}
 
 
 @torch.no_grad()
@@ -102,13 +114,20 @@ def resolution_stages(model: nn.Module, images: Tensor) -> list[Stage]:
 
 def search_resolution(model: nn.Module, loss: LossFn, stages: Sequence[Stage],
                       octaves: Sequence[float] = DEFAULT_OCTAVES, min_gain: float = 0.01,
-                      factor_only: bool = True, batch_statistics: bool = False) -> list[StageChoice]:
+                      factor_only: bool = True, batch_statistics: bool = False, cost: CostFn | None = None,
+                      max_cost: float | None = None) -> list[StageChoice]:
     """Choose, stage by stage, the move of lowest ``loss(model)`` and leave ``model`` there (see the module
     docstring). ``min_gain``: the relative loss drop a move needs over staying (noise guard); ``factor_only``: also
     try moving the point's factor alone, σ kept (where σ cannot follow: a 0.5× input asks for σ below its bound);
-    ``batch_statistics``: batch norm on each batch's own statistics while the loss is measured."""
+    ``batch_statistics``: batch norm on each batch's own statistics while the loss is measured; ``cost`` and
+    ``max_cost``: the budget the chosen network must fit (both or neither)."""
     if not octaves or 0.0 not in octaves:
         raise ValueError(f"octaves must include 0 (the current resolution), got {tuple(octaves)!r}")
+    if (cost is None) != (max_cost is None):
+        raise ValueError("cost and max_cost go together: give both for a budget, or neither")
+    if max_cost is not None and not (max_cost > 0 and math.isfinite(max_cost)):
+        raise ValueError(f"max_cost must be a positive number, got {max_cost!r}")
+    budget = (cost, max_cost) if cost is not None and max_cost is not None else None
     moves = [(o, o) for o in octaves] + ([(0.0, o) for o in octaves if o] if factor_only else [])
     modules = dict(model.named_modules())
     points = [m for m in model.modules() if isinstance(m, SafeSubsample)]
@@ -120,7 +139,7 @@ def search_resolution(model: nn.Module, loss: LossFn, stages: Sequence[Stage],
         for p in points:
             if p.anchor is not None or p.source is not None:
                 p.use_law_("covariant")
-        return [_search_stage(modules, stage, measure, model, moves, min_gain) for stage in stages]
+        return [_search_stage(modules, stage, measure, model, moves, min_gain, budget) for stage in stages]
     finally:
         for p, law in laws.items():
             p.use_law_(law)
@@ -152,28 +171,47 @@ def _with_batch_statistics(loss: LossFn) -> LossFn:
 
 
 def _search_stage(modules: dict[str, nn.Module], stage: Stage, loss: LossFn, model: nn.Module,
-                  moves: Sequence[tuple[float, float]], min_gain: float) -> StageChoice:
+                  moves: Sequence[Move], min_gain: float,
+                  budget: tuple[CostFn, float] | None) -> StageChoice:
     scaled = _scaled_modules(modules, stage)
     start = {m: float(m.log_sigma.detach()) for m in scaled}
     point = modules[stage.point] if stage.point is not None else None
     point = point if isinstance(point, SafeSubsample) and point.source is not None else None
     factor_before = point.factor if point is not None else None
-    losses: dict[tuple[float, float], float] = {}
+    losses: dict[Move, float] = {}
+    costs: dict[Move, float] = {}
     for move in moves:
         _apply(start, point, factor_before, move)
         losses[move] = _loss_or_inf(loss, model)
-    best = min(losses, key=lambda m: (losses[m], abs(m[1]), m[0] != m[1]))
-    if not losses[best] < losses[(0.0, 0.0)] * (1 - min_gain):
-        best = (0.0, 0.0)
+        if budget is not None and math.isfinite(losses[move]):
+            costs[move] = budget[0](model)
+    best = _choose(losses, costs, budget[1] if budget is not None else None, min_gain)
     _apply(start, point, factor_before, best)
     first = scaled[0] if scaled else None
     sigma = (math.exp(start[first]), float(first.sigma.detach())) if first is not None else (math.nan, math.nan)
     return StageChoice(stage, best[0], best[1], *sigma, factor_before, point.factor if point is not None else None,
-                       {f"{a:g}/{b:g}": v for (a, b), v in losses.items()})
+                       {f"{a:g}/{b:g}": v for (a, b), v in losses.items()},
+                       {f"{a:g}/{b:g}": v for (a, b), v in costs.items()})
+
+
+def _choose(losses: dict[Move, float], costs: dict[Move, float], max_cost: float | None, min_gain: float) -> Move:
+    """The move of lowest loss (ties: the smaller factor change, then σ and factor together) among those that fit
+    the budget; staying unless the best beats it by ``min_gain`` (when staying fits). When none fits, the move of
+    lowest loss among those cheaper than staying: a step towards the budget that the later stages can continue."""
+    stay = (0.0, 0.0)
+    fits = [m for m in losses if max_cost is None or (m in costs and costs[m] <= max_cost)]
+    if not fits and max_cost is not None:
+        fits = [m for m in costs if costs[m] < costs.get(stay, math.inf)]
+        if not fits:
+            return stay
+    best = min(fits, key=lambda m: (losses[m], abs(m[1]), m[0] != m[1]))
+    if stay in fits and not losses[best] < losses[stay] * (1 - min_gain):
+        return stay
+    return best
 
 
 def _apply(start: dict[nn.Module, float], point: SafeSubsample | None, factor: float | None,
-           move: tuple[float, float]) -> None:
+           move: Move) -> None:
     """σ of the stage ``move[0]`` octaves from its start, the point's factor ``move[1]`` octaves from ``factor``."""
     _set_octave(start, move[0])
     if point is not None and factor is not None:
