@@ -9,6 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+import njet_convert
+from njet_convert.export import freeze
+from njet_convert.export.separable import layer_costs
 from njet_convert.training import FinetuneConfig, finetune
 from njet_convert.training.resolution import collapsed_maps, multiply_adds, sigmas_at_bounds
 from njet_layers import NJetConv2d, SafeSubsample
@@ -41,18 +44,39 @@ def test_sigma_on_a_bound_is_named() -> None:
     assert collapsed_maps({"a": [1, 7], "b": [2, 2], "c": []}) == ["a"]
 
 
-def test_multiply_adds_count_the_dense_kernel_and_follow_the_map_size() -> None:
+def test_multiply_adds_count_the_exported_or_the_dense_form_and_follow_the_map_size() -> None:
     x = torch.randn(2, 1, 8, 8)
     assert multiply_adds(nn.Conv2d(1, 4, 3, padding=1), x) == 4 * 9 * 64
     layer = NJetConv2d(1, 4, order=2, sigma=1.0)  # s = 5
     layer.impl = "fft"
-    assert multiply_adds(layer, x) == 4 * 25 * 64 and layer.impl == "fft"  # counted dense, impl restored
+    assert multiply_adds(layer, x, form="dense") == 4 * 25 * 64 and layer.impl == "fft"  # impl restored
+    assert multiply_adds(layer, x) == 4 * 25 * 64  # exported dense too: the chain would save less than 2x
     net = _Net()
     head = 3 * 4
-    assert multiply_adds(net, x) == 4 * 25 * 64 + 16 * 4 * 4 + head  # 8 px -> 4 px after the subsampling
+    assert multiply_adds(net, x, form="dense") == 4 * 25 * 64 + 16 * 4 * 4 + head  # 8 px -> 4 px after it
     with torch.no_grad():
         net.conv.log_sigma.fill_(math.log(5.0))  # s = 21; factor 2 * 2 ** (4 / 4) = 4: 8 px -> 2 px
-    assert multiply_adds(net, x) == 4 * 21 * 21 * 64 + 16 * 2 * 2 + head
+    assert multiply_adds(net, x, form="dense") == 4 * 21 * 21 * 64 + 16 * 2 * 2 + head
+    chain = layer_costs(net.conv).separable  # exported: the separable chain, 465 against 1764 per pixel
+    assert chain * 2 <= 4 * 21 * 21 and multiply_adds(net, x) == chain * 64 + 16 * 2 * 2 + head
+    with pytest.raises(ValueError, match="form"):
+        multiply_adds(net, x, form="onnx")
+
+
+@pytest.mark.parametrize("sigma", [None, 0.55, 0.7])
+def test_multiply_adds_as_exported_are_those_of_the_frozen_network(sigma: float | None) -> None:
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(), nn.Conv2d(8, 64, 3, padding=1))
+    model = njet_convert.convert(original.eval(), order="exact", input_size=(3, 24, 24), progress=False)[0]
+    if sigma is not None:  # 5x5 filters: the last layer exports as the chain; the stem's factor leaves 2
+        with torch.no_grad():
+            for layer in model.modules():
+                if isinstance(layer, NJetConv2d):
+                    layer.log_sigma.fill_(math.log(sigma))
+    x = torch.randn(1, 3, 24, 24)
+    frozen = freeze(model, x)
+    assert multiply_adds(model, x) == multiply_adds(frozen, x) < multiply_adds(model, x, form="dense")
 
 
 def test_training_metrics_report_bounds_maps_and_multiply_adds(tmp_path) -> None:

@@ -35,7 +35,7 @@ from ..record import record_of
 from .adaptive_pool import MatrixAdaptiveAvgPool2d, needs_matrix_pool
 from .bn_fold import fold_batchnorms
 from .resize import FixedResize, ResizeTo, ScaleResize, StridedSubsample, _nearest_index, _out_size
-from .separable import dense_form, layer_costs, separable_form
+from .separable import DEFAULT_SEPARABLE_GAIN, auto_form, dense_form, layer_costs, separable_form
 from .stride_fold import fold_strides
 
 __all__ = ["FreezeReport", "FrozenLayer", "FrozenResize", "freeze", "max_relative_error", "njet_modules"]
@@ -128,7 +128,7 @@ def freeze(
     *,
     dynamic_spatial: bool = False,
     form: Form = "auto",
-    separable_gain: float = 2.0,
+    separable_gain: float = DEFAULT_SEPARABLE_GAIN,
     fold_bn: bool = True,
     fold_stride: bool = True,
     check: bool = True,
@@ -237,7 +237,7 @@ def _record_sizes(work: nn.Module, x: Tensor) -> tuple[dict[str, tuple | None], 
 
 def _freeze_conv(name: str, layer: NJetConv2d, form: str, gain: float, report: FreezeReport) -> nn.Module:
     costs = layer_costs(layer)
-    chosen = form if form != "auto" else ("separable" if costs.separable * gain <= costs.dense else "dense")
+    chosen = form if form != "auto" else auto_form(costs, gain)
     try:
         new = separable_form(layer) if chosen == "separable" else dense_form(layer)
     except ValueError as err:

@@ -28,7 +28,9 @@ from torch import nn
 from njet_layers import NJetConv2d, basis_orders
 from njet_layers.basis import axis_orders, is_tensor_basis
 
-__all__ = ["LayerCosts", "dense_form", "layer_costs", "separable_form"]
+__all__ = ["DEFAULT_SEPARABLE_GAIN", "LayerCosts", "auto_form", "dense_form", "layer_costs", "separable_form"]
+
+DEFAULT_SEPARABLE_GAIN = 2.0  # "auto" takes the separable chain only where it saves this factor in multiply-adds
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ def layer_costs(layer: NJetConv2d) -> LayerCosts:
     per_map = 1 if is_tensor_basis(layer.order) else j  # inputs each x filter reads (module docstring, stage 2)
     separable = layer.stride[1] * c_in * j * s + c_in * m * per_map * s + (c_in // groups) * m * c_out
     return LayerCosts(dense=dense, separable=separable)
+
+
+def auto_form(costs: LayerCosts, gain: float = DEFAULT_SEPARABLE_GAIN) -> str:
+    """The form ``freeze(form="auto")`` gives a layer of these costs: ``"separable"`` where it needs ``gain`` times
+    fewer multiply-adds than ``"dense"``."""
+    return "separable" if costs.separable * gain <= costs.dense else "dense"
 
 
 @torch.no_grad()

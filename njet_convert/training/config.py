@@ -48,9 +48,9 @@ class FinetuneConfig:
     ``search_batchnorm``: the statistics batch norm normalises by while the search measures the loss —
     ``"running"`` (eval mode: those gathered at the old resolution) or ``"batch"`` (each batch's own, as training
     does, so that a move is not judged by statistics of the resolution it leaves). ``search_max_macs``: a compute
-    budget for the search, multiply-adds per training image as
-    :func:`njet_convert.training.resolution.multiply_adds` counts them (N-Jet layers as their dense kernels): per
-    stage the move of lowest loss whose network fits it; when none does, of those cheaper than staying.
+    budget for the search, multiply-adds per training image of the network as exported
+    (:func:`njet_convert.training.resolution.multiply_adds`): per stage the move of lowest loss whose network fits
+    it; when none does, of those cheaper than staying.
     """
 
     lr: float = 0.01

@@ -10,7 +10,7 @@ follows σ, since safe subsampling shrinks the maps of coarse layers).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -92,26 +92,58 @@ def resolution_health(model: nn.Module, sizes: dict[str, list[int]] | None) -> d
 
 
 @torch.no_grad()
-def multiply_adds(model: nn.Module, images: Tensor) -> int:
+def multiply_adds(model: nn.Module, images: Tensor, form: Literal["exported", "dense"] = "exported") -> int:
     """Multiply-adds per image of one forward pass of ``model`` on ``images`` (counted by
     :class:`torch.utils.flop_counter.FlopCounterMode`: convolutions and matrix products, as FLOPs / 2).
 
-    N-Jet layers are counted as the dense ``s×s`` convolution they compose (``impl="dense"`` for the count), so the
-    figure follows σ and map sizes, not which of the equivalent implementations ``impl="auto"`` would pick; the
-    kernels are composed before counting (eval mode caches them), as at inference."""
+    ``form="exported"`` counts every N-Jet layer in the form ``freeze`` / ``export_onnx`` give it by default (the
+    separable chain where it saves 2× over the dense kernel: :func:`njet_convert.export.separable.auto_form`), so
+    the figure is what the deployed network costs; ``"dense"`` counts the composed ``s×s`` kernel, which jumps from
+    3×3 to 5×5 as σ crosses 0.5. Either way the figure follows σ and map sizes, not the path ``impl="auto"`` would
+    train with; the kernels are composed before counting (eval mode caches them), as at inference."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    if form not in ("exported", "dense"):
+        raise ValueError(f"form must be 'exported' or 'dense', got {form!r}")
     was_training = model.training
-    impls = {m: m.impl for m in model.modules() if isinstance(m, NJetConv2d)}
+    layers = [m for m in model.modules() if isinstance(m, NJetConv2d)]
+    impls = {m: m.impl for m in layers}
+    saved: list[int] = []  # multiply-adds the exported form saves against the dense count, per layer call
+    hooks = [m.register_forward_hook(_export_saving(saved)) for m in layers] if form == "exported" else []
+    folded = [p for p in model.modules() if isinstance(p, SafeSubsample) and _folds_into_conv(p)]
     model.eval()
     try:
         for m in impls:
             m.impl = "dense"
+        for p in folded if form == "exported" else []:
+            p.train()  # its conv computes only the kept pixels, as the strided conv of the export does
         model(images)  # eval mode caches the composed kernels: the count is the inference cost, not composition
+        saved.clear()
         with FlopCounterMode(display=False) as counter:
             model(images)
     finally:
         model.train(was_training)
+        for h in hooks:
+            h.remove()
         for m, impl in impls.items():
             m.impl = impl
-    return math.ceil(counter.get_total_flops() / 2 / max(images.shape[0], 1))
+    return math.ceil((counter.get_total_flops() / 2 - sum(saved)) / max(images.shape[0], 1))
+
+
+def _folds_into_conv(point: SafeSubsample) -> bool:
+    """Whether the export turns ``point`` and the N-Jet conv fused with it into one strided conv (an integer
+    factor kept by ``nearest`` with ``ceil`` rounding: :mod:`njet_convert.export.stride_fold`)."""
+    factor = point.factor
+    return (getattr(point, "_producer", None) is not None and point.mode == "nearest" and point.rounding == "ceil"
+            and round(factor) >= 2 and abs(factor - round(factor)) <= 1e-6)
+
+
+def _export_saving(saved: list[int]):
+    """A forward hook adding, per call, the dense count minus the exported form's count of the layer's output."""
+    from njet_convert.export.separable import auto_form, layer_costs
+
+    def hook(layer: nn.Module, args: Any, out: Tensor) -> None:
+        costs = layer_costs(layer)  # type: ignore[arg-type]
+        per_pixel = costs.separable if auto_form(costs) == "separable" else costs.dense
+        saved.append((costs.dense - per_pixel) * out.numel() // max(out.shape[1], 1))
+    return hook
