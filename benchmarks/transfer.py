@@ -18,7 +18,9 @@ start"):
 Columns: test accuracy, σ and subsampling factor per stage before → after, multiply-adds per image of the
 exported ONNX model (counted from its Conv / Gemm / MatMul nodes), seconds per training step.
 
-The data split is fixed before any tuning: training images are the first ``--train`` of a seed-0 permutation of
+Every run is seeded, the new head's initialisation included (torch seeds each process differently, and until
+2026-12-07 MobileNetV2's new head was drawn from that: its rows then differed from one process to the next). The
+data split is fixed before any tuning: training images are the first ``--train`` of a seed-0 permutation of
 Fashion-MNIST's training set, test images the first ``--test`` of its test set; images are resized as a whole
 (bilinear, antialiased when shrinking).
 
@@ -217,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     for network in networks:
         name, build = _NETWORKS[network]
         for scale in args.scales:
+            torch.manual_seed(0)  # the new head's initialisation: torch seeds each process afresh
             original, converted, info = build()
             size = max(4, round(info["ref"] * scale))
             data = (_prepare(x_tr, size, info), y_tr, _prepare(x_te, size, info), y_te)

@@ -178,6 +178,20 @@ def test_k_bound_is_checked_once_with_one_message(capsys):
     assert line == f"njet-convert: error: argument --k: {api_error.value} (see njet-convert --help)"
 
 
+def test_an_untrained_network_is_initialised_from_the_seed(tmp_path):
+    from safetensors.torch import load_file
+
+    from njet_convert import cli
+
+    def weights(name: str, *seed: str) -> dict[str, torch.Tensor]:
+        assert cli.main(["mnist-toy2", "--out", str(tmp_path / name), "--quiet", *seed]) == 0
+        return load_file(tmp_path / name / "model.safetensors")
+
+    first, again, other = weights("a"), weights("b"), weights("c", "--seed", "1")
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
 def test_quiet_prints_nothing_but_errors(tmp_path, capsys):
     from njet_convert import cli
 

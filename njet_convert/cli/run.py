@@ -136,7 +136,10 @@ def _convert(run: Run) -> str:
 
 
 def _load_model(run: Run) -> tuple[nn.Module, str]:
+    import torch
+
     args, spec, log = run.args, run.spec, run.log
+    torch.manual_seed(getattr(args, "seed", 0))  # an untrained network's initialisation is --seed's, not the process's
     model = spec.build(args.pretrained)
     if args.pretrained:
         return model, "pretrained"

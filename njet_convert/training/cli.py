@@ -66,7 +66,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
     g.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="channels-last memory: auto = on CUDA only; on = every device (faster on CPU too)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0,
+                   help="seeds fine-tuning and the initialisation of an untrained network (default 0)")
     g.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
     g.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
