@@ -20,6 +20,7 @@ never modified. The result is in eval mode and carries a :class:`FreezeReport` a
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -38,7 +39,8 @@ from .resize import FixedResize, ResizeTo, ScaleResize, StridedSubsample, _neare
 from .separable import DEFAULT_SEPARABLE_GAIN, auto_form, dense_form, layer_costs, separable_form
 from .stride_fold import fold_strides
 
-__all__ = ["FreezeReport", "FrozenLayer", "FrozenResize", "freeze", "max_relative_error", "njet_modules"]
+__all__ = ["FreezeReport", "FrozenLayer", "FrozenResize", "freeze", "max_relative_error", "njet_modules",
+           "slices_as_strided"]
 
 Form = Literal["auto", "dense", "separable"]
 FREEZE_RTOL = 1e-5
@@ -257,8 +259,7 @@ def _freeze_subsample(
     source = names.get(id(mod.source)) if mod.source is not None else None
     record = FrozenResize(name, "SafeSubsample", mod.mode, "", factor, mod.rounding, source, sizes, r=mod.r,
                           shift=mod.shift, sigma=float(mod.sigma.detach()), anchor=mod.anchor)
-    check_sizes = [*range(1, _DYNAMIC_CHECK + 1), *(sizes[0] if sizes else ())]  # a slice takes any size
-    if mod.mode == "nearest" and _strided_exact(factor, step, mod.rounding, check_sizes, mod.margin, mod.offset):
+    if slices_as_strided(mod, sizes[0] if sizes else ()):
         new: nn.Module = StridedSubsample(step, mod.rounding)
         record.form = "strided"
     elif dynamic or sizes is None:
@@ -269,6 +270,18 @@ def _freeze_subsample(
         record.form = "fixed"
     report.resizes.append(record)
     return new
+
+
+def slices_as_strided(mod: SafeSubsample, sizes: Iterable[int] = ()) -> bool:
+    """Whether ``freeze`` makes ``mod`` the strided slice ``x[..., ::step, ::step]``: ``nearest`` mode picking
+    exactly those pixels at every input size up to 1024 (a slice takes any size) and at ``sizes``."""
+    return mod.mode == "nearest" and _slices_at(mod.factor, mod.rounding, mod.margin, mod.offset, tuple(sizes))
+
+
+@functools.lru_cache(maxsize=4096)  # ~60 ms a factor, asked again for every move of a resolution search
+def _slices_at(factor: float, rounding: str, margin: float, offset: float, sizes: tuple[int, ...]) -> bool:
+    check_sizes = [*range(1, _DYNAMIC_CHECK + 1), *sizes]
+    return _strided_exact(factor, round(factor), rounding, check_sizes, margin, offset)
 
 
 def _strided_exact(factor: float, step: int, rounding: str, sizes: Iterable[int], margin: float = 0.0,

@@ -275,13 +275,14 @@ class _Trainer:
                                     max_cost=cfg.search_max_macs)
         self._forget_sigma_momentum()
         p.resolution_search = [c.as_dict() for c in choices]
-        self._say("resolution search: " + ("; ".join(c.describe() for c in choices) or "no N-Jet stage")
-                  + (self._budget_note(cost(self.model), cfg.search_max_macs) if cost is not None else ""))
+        budget = (self._budget_note(cost(self.model), cfg.search_max_macs)
+                  if cost is not None and cfg.search_max_macs is not None else "")
+        self._say("resolution search: " + ("; ".join(c.describe() for c in choices) or "no N-Jet stage") + budget)
 
     @staticmethod
-    def _budget_note(macs: float, budget: float | None) -> str:
+    def _budget_note(macs: float, budget: float) -> str:
         """How the searched network stands against the budget (the search steers by it, it cannot promise it)."""
-        verdict = "within" if budget is not None and macs <= budget else "over"
+        verdict = "within" if macs <= budget else "over"
         return f" ({macs:,.0f} multiply-adds/image, {verdict} the budget of {budget:,.0f})"
 
     @torch.no_grad()

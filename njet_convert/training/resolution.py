@@ -110,12 +110,13 @@ def multiply_adds(model: nn.Module, images: Tensor, form: Literal["exported", "d
     impls = {m: m.impl for m in layers}
     saved: list[int] = []  # multiply-adds the exported form saves against the dense count, per layer call
     hooks = [m.register_forward_hook(_export_saving(saved)) for m in layers] if form == "exported" else []
-    folded = [p for p in model.modules() if isinstance(p, SafeSubsample) and _folds_into_conv(p)]
+    folded = ([p for p in model.modules() if isinstance(p, SafeSubsample) and _folds_into_conv(p)]
+              if form == "exported" else [])
     model.eval()
     try:
         for m in impls:
             m.impl = "dense"
-        for p in folded if form == "exported" else []:
+        for p in folded:
             p.train()  # its conv computes only the kept pixels, as the strided conv of the export does
         model(images)  # eval mode caches the composed kernels: the count is the inference cost, not composition
         saved.clear()
@@ -131,11 +132,13 @@ def multiply_adds(model: nn.Module, images: Tensor, form: Literal["exported", "d
 
 
 def _folds_into_conv(point: SafeSubsample) -> bool:
-    """Whether the export turns ``point`` and the N-Jet conv fused with it into one strided conv (an integer
-    factor kept by ``nearest`` with ``ceil`` rounding: :mod:`njet_convert.export.stride_fold`)."""
-    factor = point.factor
-    return (getattr(point, "_producer", None) is not None and point.mode == "nearest" and point.rounding == "ceil"
-            and round(factor) >= 2 and abs(factor - round(factor)) <= 1e-6)
+    """Whether the export turns ``point`` and the N-Jet conv fused with it into one strided conv: a strided slice
+    (:func:`njet_convert.export.freeze.slices_as_strided`) of a step above 1 with ``ceil`` rounding, the pairs
+    :mod:`njet_convert.export.stride_fold` folds."""
+    from njet_convert.export.freeze import slices_as_strided
+
+    return (getattr(point, "_producer", None) is not None and point.rounding == "ceil" and round(point.factor) >= 2
+            and slices_as_strided(point))
 
 
 def _export_saving(saved: list[int]):
