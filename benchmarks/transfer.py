@@ -7,9 +7,10 @@ start"):
   flatten, so that it runs at every size; at 1× it is the identity);
 - **converted, resolution learned**: every conv replaced by the tensor basis of its own kernel size, fitted exactly
   (``convert(order="exact")``); σ held for ``--sigma-delay`` epochs while α adapts, then the resolution search
-  (``FinetuneConfig.resolution_search``: per stage the octave of σ and subsampling factor of lowest training loss),
-  then σ learned at ``--sigma-lr`` (``--covariant``: every point on the covariant law and no search, the earlier
-  variant);
+  (``FinetuneConfig.resolution_search``: per stage the octave of σ and subsampling factor of lowest training loss,
+  batch norm on each batch's statistics, a move taken only ``--search-confidence`` standard errors clear of
+  staying), then σ learned at ``--sigma-lr`` (``--covariant``: every point on the covariant law and no search, the
+  earlier variant);
 - **converted, within budget** (``--variants budget``): resolution learned as above, the search held to
   ``--budget`` (default 1.5) times the converted network's multiply-adds at the reference size
   (``FinetuneConfig.search_max_macs``): the question of a user whose deployment can afford that much;
@@ -17,6 +18,11 @@ start"):
 
 Columns: test accuracy, σ and subsampling factor per stage before → after, multiply-adds per image of the
 exported ONNX model (counted from its Conv / Gemm / MatMul nodes), seconds per training step.
+
+``--seeds``: one run per seed (the new head's initialisation and the batch order), and a last table of each row's
+mean and range: one run of MobileNetV2 moves by up to 3 points from seed to seed, so a single run cannot settle a
+1-point target. ``--heldout N``: each network is also tested on N further test images (from index 5000), a slice
+no choice was made on.
 
 Every run is seeded, the new head's initialisation included (torch seeds each process differently, and until
 2026-12-07 MobileNetV2's new head was drawn from that: its rows then differed from one process to the next). The
@@ -27,7 +33,8 @@ Fashion-MNIST's training set, test images the first ``--test`` of its test set; 
     python benchmarks/transfer.py --quick            # MNIST CNN, 2000 train / 500 test, 2 epochs: < 10 min
     python benchmarks/transfer.py                    # 4000 / 1000, 2 epochs
     python benchmarks/transfer.py --mobilenet        # also MobileNetV2 (ImageNet weights), reference size 56 px
-    python benchmarks/transfer.py --quick --networks mobilenet_v2 --variants learned --search-batchnorm batch
+    python benchmarks/transfer.py --quick --networks mobilenet_v2 --variants learned --search-batchnorm running
+    python benchmarks/transfer.py --quick --mobilenet --seeds 0 1 2 --heldout 2000   # mean and range over seeds
     python benchmarks/transfer.py --quick --variants learned budget --budget 1.5
 """
 
@@ -36,9 +43,11 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -56,7 +65,7 @@ from njet_convert.training import FinetuneConfig, finetune
 from njet_convert.training.resolution import multiply_adds
 from njet_layers import NJetConv2d, SafeSubsample
 
-__all__ = ["fashion_split", "main", "onnx_multiply_adds", "resized", "stages"]
+__all__ = ["HELDOUT_FROM", "fashion_split", "heldout_split", "main", "onnx_multiply_adds", "resized", "stages"]
 
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -67,6 +76,15 @@ def fashion_split(n_train: int, n_test: int) -> tuple[Tensor, Tensor, Tensor, Te
     x_te, y_te = load_fashion_mnist("test")
     order = torch.randperm(x_tr.shape[0], generator=torch.Generator().manual_seed(0))[:n_train]
     return x_tr[order, None], y_tr[order], x_te[:n_test, None], y_te[:n_test]
+
+
+HELDOUT_FROM = 5000  # held-out test images start here: far from the first --test, which the tables were read on
+
+
+def heldout_split(n: int) -> tuple[Tensor, Tensor]:
+    """Test images ``[HELDOUT_FROM, HELDOUT_FROM + n)``: a second test slice for checking a choice made on the first."""
+    x_te, y_te = load_fashion_mnist("test")
+    return x_te[HELDOUT_FROM:HELDOUT_FROM + n, None], y_te[HELDOUT_FROM:HELDOUT_FROM + n]
 
 
 def resized(x: Tensor, size: int) -> Tensor:
@@ -152,13 +170,14 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 
 def _run(model: nn.Module, data: tuple, args, sigma_lr: float, search: bool = False,
-         max_macs: float | None = None) -> dict:
-    x_tr, y_tr, x_te, y_te = data
+         max_macs: float | None = None, seed: int = 0) -> dict:
+    x_tr, y_tr, x_te, y_te, heldout = data
     before = stages(model)
-    cfg = FinetuneConfig(lr=args.lr, sigma_lr=sigma_lr, batch_size=64, seed=0, warmup_epochs=0.1, progress=False,
+    cfg = FinetuneConfig(lr=args.lr, sigma_lr=sigma_lr, batch_size=64, seed=seed, warmup_epochs=0.1, progress=False,
                          plots=False, tensorboard=False, max_steps_per_epoch=args.max_steps,
                          sigma_delay_epochs=args.sigma_delay, resolution_search=search,
-                         search_batchnorm=args.search_batchnorm, search_max_macs=max_macs)
+                         search_batchnorm=args.search_batchnorm, search_max_macs=max_macs,
+                         search_confidence=args.search_confidence)
     start = time.perf_counter()
     result = finetune(model, (x_tr, y_tr), epochs=args.epochs, config=cfg, device="cpu")
     seconds = (time.perf_counter() - start) / max(result.global_step, 1)
@@ -166,7 +185,8 @@ def _run(model: nn.Module, data: tuple, args, sigma_lr: float, search: bool = Fa
         path = Path(tmp) / "m.onnx"
         export_onnx(model.eval(), path, x_te[:1], dynamic_batch=False, verify=False)
         macs = onnx_multiply_adds(path)
-    return {"acc": _accuracy(model, x_te, y_te), "before": before, "after": stages(model), "macs": macs,
+    return {"acc": _accuracy(model, x_te, y_te), "heldout": _accuracy(model, *heldout) if heldout else None,
+            "before": before, "after": stages(model), "macs": macs,
             "step": seconds}
 
 
@@ -191,8 +211,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch")
     parser.add_argument("--covariant", action="store_true",
                         help="resolution learned = covariant law + σ gradients, no search (the earlier variant)")
-    parser.add_argument("--search-batchnorm", choices=("running", "batch"), default="running",
+    parser.add_argument("--search-batchnorm", choices=("running", "batch"), default="batch",
                         help="batch-norm statistics of the search (FinetuneConfig.search_batchnorm)")
+    parser.add_argument("--search-confidence", type=float, default=2.0,
+                        help="standard errors of its per-example loss drop a search move needs (0: the mean alone)")
+    parser.add_argument("--heldout", type=int, default=0, metavar="N",
+                        help=f"also test on N other test images (from index {HELDOUT_FROM}): a choice's check")
     parser.add_argument("--budget", type=float, default=1.5,
                         help="the budget variant: multiply-adds at most this times the converted network's at 1×")
     parser.add_argument("--mobilenet", action="store_true", help="also MobileNetV2 (ImageNet weights)")
@@ -202,43 +226,81 @@ def main(argv: list[str] | None = None) -> None:
                         help="the rows to run per scale (default all three)")
     parser.add_argument("--quick", action="store_true", help="MNIST CNN, 2000 train / 500 test, 2 epochs")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="one run per seed (the new head's initialisation and the batch order); with more than "
+                             "one, a last table gives each row's mean and range")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
         args.train, args.test, args.epochs = 2000, 500, 2
     x_tr, y_tr, x_te, y_te = fashion_split(args.train, args.test)
+    heldout = heldout_split(args.heldout) if args.heldout else None
     networks = args.networks or ["mnist_cnn"] + (["mobilenet_v2"] if args.mobilenet else [])
     learning = ("covariant law, no search" if args.covariant else
-                f"search when σ is released ({args.search_batchnorm} batch-norm statistics)")
+                f"search when σ is released ({args.search_batchnorm} batch-norm statistics, moves "
+                f"{args.search_confidence:g} standard errors clear of staying)")
     print(f"Fashion-MNIST, {args.train} train / {args.test} test (fixed split), {args.epochs} epoch(s), SGD lr "
           f"{args.lr:g}, σ lr {args.sigma_lr:g} (held {args.sigma_delay:g} epochs), batch 64, cosine; "
           f"resolution learned: {learning}\n")
-    print("| network | scale (px) | variant | test acc % | σ per stage before → after | factor per stage before → "
-          "after | ONNX multiply-adds/image | s/step |")
+    held = f" (held-out {args.heldout})" if heldout else ""
+    print(f"| network | scale (px) | variant | test acc %{held} | σ per stage before → after | factor per stage "
+          "before → after | ONNX multiply-adds/image | s/step |")
     print("|---|---|---|---|---|---|---|---|")
+    runs: dict[tuple[str, str, str], list[dict]] = {}
     for network in networks:
-        name, build = _NETWORKS[network]
         for scale in args.scales:
-            torch.manual_seed(0)  # the new head's initialisation: torch seeds each process afresh
-            original, converted, info = build()
-            size = max(4, round(info["ref"] * scale))
-            data = (_prepare(x_tr, size, info), y_tr, _prepare(x_te, size, info), y_te)
-            learned = _covariant(copy.deepcopy(converted)) if args.covariant else copy.deepcopy(converted)
-            reference = _prepare(x_tr[:1], info["ref"], info)
-            budget = args.budget * multiply_adds(converted, reference) if "budget" in args.variants else None
-            variants = {"original": (original, args.lr, False, None),
-                        "learned": (learned, args.sigma_lr, not args.covariant, None),
-                        "budget": (copy.deepcopy(converted), args.sigma_lr, True, budget),
-                        "frozen": (_freeze_sigma(copy.deepcopy(converted)), 0.0, False, None)}
-            for key in args.variants:
-                model, sigma_lr, search, max_macs = variants[key]
-                variant = _VARIANTS[key] + (f" ({args.budget:g}× the 1× multiply-adds)" if max_macs else "")
-                torch.manual_seed(0)
-                r = _run(model, data, args, sigma_lr, search, max_macs)
-                print(f"| {name} | {scale:g}× ({size}) | {variant} | {r['acc']:.1f} | {_fmt(r['before'], 0)} → "
-                      f"{_fmt(r['after'], 0)} | {_fmt(r['before'], 1)} → {_fmt(r['after'], 1)} | "
-                      f"{r['macs'] / 1e6:.2f} M | {r['step']:.3f} |", flush=True)
+            for seed in args.seeds:
+                for key, r in _scale_runs(network, scale, seed, args, (x_tr, y_tr, x_te, y_te), heldout):
+                    runs.setdefault((network, f"{scale:g}", key), []).append(r)
+    if len(args.seeds) > 1:
+        _print_spread(runs, args.seeds)
 
+
+def _scale_runs(network: str, scale: float, seed: int, args, split: tuple[Tensor, ...],
+                heldout: tuple[Tensor, Tensor] | None) -> Iterator[tuple[str, dict]]:
+    """Every variant of ``args.variants`` on one network at one scale with one seed, each row printed as it ends."""
+    name, build = _NETWORKS[network]
+    torch.manual_seed(seed)  # the new head's initialisation: torch seeds each process afresh
+    original, converted, info = build()
+    size = max(4, round(info["ref"] * scale))
+    x_tr, y_tr, x_te, y_te = split
+    held = (_prepare(heldout[0], size, info), heldout[1]) if heldout else None
+    data = (_prepare(x_tr, size, info), y_tr, _prepare(x_te, size, info), y_te, held)
+    learned = _covariant(copy.deepcopy(converted)) if args.covariant else copy.deepcopy(converted)
+    reference = _prepare(x_tr[:1], info["ref"], info)
+    budget = args.budget * multiply_adds(converted, reference) if "budget" in args.variants else None
+    variants = {"original": (original, args.lr, False, None),
+                "learned": (learned, args.sigma_lr, not args.covariant, None),
+                "budget": (copy.deepcopy(converted), args.sigma_lr, True, budget),
+                "frozen": (_freeze_sigma(copy.deepcopy(converted)), 0.0, False, None)}
+    for key in args.variants:
+        model, sigma_lr, search, max_macs = variants[key]
+        variant = _VARIANTS[key] + (f" ({args.budget:g}× the 1× multiply-adds)" if max_macs else "")
+        variant += f", seed {seed}" if len(args.seeds) > 1 else ""
+        torch.manual_seed(seed)
+        r = _run(model, data, args, sigma_lr, search, max_macs, seed)
+        acc = f"{r['acc']:.1f}" + (f" ({r['heldout']:.1f})" if r["heldout"] is not None else "")
+        print(f"| {name} | {scale:g}× ({size}) | {variant} | {acc} | {_fmt(r['before'], 0)} → "
+              f"{_fmt(r['after'], 0)} | {_fmt(r['before'], 1)} → {_fmt(r['after'], 1)} | "
+              f"{r['macs'] / 1e6:.2f} M | {r['step']:.3f} |", flush=True)
+        yield key, r
+
+
+def _print_spread(runs: dict[tuple[str, str, str], list[dict]], seeds: list[int]) -> None:
+    """Per network, scale and variant: test accuracy and multiply-adds as mean (min–max) over the seeds."""
+    print(f"\nOver seeds {' '.join(map(str, seeds))}: mean (min–max)\n")
+    print("| network | scale | variant | test acc % | held-out acc % | ONNX multiply-adds/image |")
+    print("|---|---|---|---|---|---|")
+    for (network, scale, key), rows in runs.items():
+        columns = [_spread([r["acc"] for r in rows], ".1f"),
+                   _spread([r["heldout"] for r in rows], ".1f") if rows[0]["heldout"] is not None else "-",
+                   _spread([r["macs"] / 1e6 for r in rows], ".2f") + " M"]
+        print(f"| {_NETWORKS[network][0]} | {scale}× | {_VARIANTS[key]} | " + " | ".join(columns) + " |")
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    """``mean (min–max)``."""
+    return f"{statistics.mean(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
 
 if __name__ == "__main__":
     main()

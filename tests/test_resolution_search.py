@@ -128,6 +128,7 @@ def test_finetune_searches_once_when_sigma_is_released_and_resume_keeps_it(tmp_p
     assert calls == [1] and done.resolution_search is not None
     row = done.resolution_search[0]
     assert row["point"] == "sub" and row["layers"] == ["conv"] and "0/0" in row["losses"]
+    assert "0/0" not in row["z_scores"] and set(row["z_scores"]) <= set(row["losses"])  # per-example losses tested
     again = finetune(model, (x, y), epochs=3, config=cfg, out_dir=tmp_path, resume=tmp_path, device="cpu")
     assert calls == [1] and again.resolution_search == done.resolution_search  # kept in the checkpoint
 
@@ -140,8 +141,8 @@ def test_command_line_options_reach_the_config() -> None:
     parser = argparse.ArgumentParser()
     add_training_arguments(parser)
     cfg = config_from_args(parser.parse_args(["--resolution-search", "--sigma-delay-epochs", "0.5"]))
-    assert cfg.resolution_search and cfg.sigma_delay_epochs == 0.5 and cfg.search_batchnorm == "running"
-    assert config_from_args(parser.parse_args(["--search-batchnorm", "batch"])).search_batchnorm == "batch"
+    assert cfg.resolution_search and cfg.sigma_delay_epochs == 0.5 and cfg.search_batchnorm == "batch"
+    assert config_from_args(parser.parse_args(["--search-batchnorm", "running"])).search_batchnorm == "running"
     assert config_from_args(parser.parse_args(["--autotune"])).autotune
     assert not config_from_args(parser.parse_args([])).resolution_search
 
@@ -284,3 +285,54 @@ def test_finetune_passes_the_budget_to_the_search(monkeypatch) -> None:
     assert done.resolution_search[0]["costs"]  # the cost of every move measured is kept with the choice
     assert module._Trainer._budget_note(1500.0, 1000.0) == " (1,500 multiply-adds/image, over the budget of 1,000)"
     assert "within the budget" in module._Trainer._budget_note(1000.0, 1000.0)
+
+
+def test_a_move_within_the_noise_of_its_examples_does_not_replace_staying() -> None:
+    choose = importlib.import_module("njet_convert.training.resolution_search")._choose
+    paired_z = importlib.import_module("njet_convert.training.resolution_search")._paired_z
+    torch.manual_seed(0)
+    stay = torch.rand(256, dtype=torch.float64) * 2
+    noisy = stay - 0.05 + torch.randn(256, dtype=torch.float64)  # 5 % lower on average, noise σ = 1 per example
+    steady = stay - 0.05 + 0.01 * torch.randn(256, dtype=torch.float64)  # the same drop, example by example
+    readings = {(0.0, 0.0): stay, (1.0, 1.0): noisy, (0.5, 0.5): steady}
+    assert paired_z(stay, noisy) < 2.0 < paired_z(stay, steady)
+    losses = {m: float(r.mean()) for m, r in readings.items()}
+    only_noisy = {m: v for m, v in losses.items() if m != (0.5, 0.5)}
+    assert losses[(1.0, 1.0)] < losses[(0.0, 0.0)] * 0.99  # the mean alone would take it
+    assert choose(only_noisy, {}, None, 0.01) == (1.0, 1.0)
+    assert choose(only_noisy, {}, None, 0.01, lambda m: paired_z(stay, readings[m]) >= 2.0) == (0.0, 0.0)
+    assert choose(losses, {}, None, 0.01, lambda m: paired_z(stay, readings[m]) >= 2.0) == (0.5, 0.5)
+    assert paired_z(None, noisy) == math.inf and paired_z(stay, None) == -math.inf  # nothing to test / no move
+    assert paired_z(torch.tensor([1.0]), torch.tensor([0.5])) == math.inf  # a mean alone: min_gain decides
+
+
+def test_the_search_tests_per_example_losses_and_confidence_zero_is_the_mean_alone(exact_cnn, digits) -> None:
+    x, y = digits
+    zoomed = _zoomed(x, 2.0)
+
+    def per_example(model):
+        return F.cross_entropy(model(zoomed), y, reduction="none").detach()
+
+    stages = resolution_stages(exact_cnn, zoomed[:2])
+    start = {n: float(m.log_sigma.detach()) for n, m in exact_cnn.named_modules() if isinstance(m, NJetConv2d)}
+    strict = search_resolution(exact_cnn, per_example, stages, confidence=1e9)
+    assert all((c.sigma_octave, c.factor_octave) == (0.0, 0.0) for c in strict)  # no gain is that certain
+    assert {n: float(m.log_sigma.detach()) for n, m in exact_cnn.named_modules() if isinstance(m, NJetConv2d)} == start
+    tested = search_resolution(exact_cnn, per_example, stages)  # the default test: a real gain passes it
+    assert [(c.sigma_octave, c.factor_octave) for c in tested] == [(1.0, 1.0), (0.0, 0.0), (0.0, 0.0)]
+    with pytest.raises(ValueError, match="confidence"):
+        search_resolution(exact_cnn, per_example, stages, confidence=-1.0)
+
+
+def test_search_confidence_is_a_config_and_command_line_option() -> None:
+    import argparse
+
+    from njet_convert.training.cli import add_training_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    assert config_from_args(parser.parse_args([])).search_confidence == 2.0
+    assert config_from_args(parser.parse_args(["--search-confidence", "0"])).search_confidence == 0.0
+    for bad in (-1.0, math.inf, math.nan, True):
+        with pytest.raises(ValueError, match="search_confidence"):
+            FinetuneConfig(search_confidence=bad)

@@ -46,12 +46,15 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     g.add_argument("--resolution-search", action="store_true",
                    help="when σ is released, choose each stage's octave of σ and subsampling factor by the loss "
                         "(a converted network absorbing a zoom: docs/design.md)")
-    g.add_argument("--search-batchnorm", choices=("running", "batch"), default="running",
-                   help="batch-norm statistics the search judges moves with: the running ones of the old "
-                        "resolution, or each batch's own as in training (default running)")
+    g.add_argument("--search-batchnorm", choices=("running", "batch"), default="batch",
+                   help="batch-norm statistics the search judges moves with: each batch's own as in training "
+                        "(default), or the running ones, gathered at the old resolution")
     g.add_argument("--search-max-macs", type=_count, default=None, metavar="N",
                    help="compute budget of the resolution search: multiply-adds per training image (e.g. 12.5M); "
                         "per stage the move of lowest loss that fits")
+    g.add_argument("--search-confidence", type=float, default=2.0, metavar="Z",
+                   help="standard errors of its per-example loss drop a move needs before the search takes it "
+                        "over staying (default 2; 0: the mean alone decides)")
     g.add_argument("--autotune", action="store_true",
                    help="N-Jet layers time their paths once per shape and keep the fastest (docs/layer.md)")
     g.add_argument("--alpha-decay", type=float, default=1e-4, help="L2 weight on α (paper: 1e-4..1e-2)")
@@ -99,8 +102,9 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         optimizer=args.optimizer, lr=args.lr, sigma_lr=args.sigma_lr, alpha_decay=args.alpha_decay,
         sigma_delay_epochs=getattr(args, "sigma_delay_epochs", 0.0),
         resolution_search=getattr(args, "resolution_search", False),
-        search_batchnorm=getattr(args, "search_batchnorm", "running"),
+        search_batchnorm=getattr(args, "search_batchnorm", "batch"),
         search_max_macs=getattr(args, "search_max_macs", None),
+        search_confidence=getattr(args, "search_confidence", 2.0),
         autotune=getattr(args, "autotune", False),
         weight_decay=args.weight_decay, momentum=getattr(args, "momentum", 0.9),
         betas=tuple(getattr(args, "betas", None) or (0.9, 0.999)),

@@ -46,11 +46,15 @@ class FinetuneConfig:
     ``search_batches`` training batches (:mod:`njet_convert.training.resolution_search`): the factor has no
     gradient, so this is how a converted network moves its resolution by whole octaves (a zoomed input).
     ``search_batchnorm``: the statistics batch norm normalises by while the search measures the loss —
-    ``"running"`` (eval mode: those gathered at the old resolution) or ``"batch"`` (each batch's own, as training
-    does, so that a move is not judged by statistics of the resolution it leaves). ``search_max_macs``: a compute
-    budget for the search, multiply-adds per training image of the network as exported
+    ``"batch"`` (the default: each batch's own, as training does) or ``"running"`` (eval mode: those gathered so
+    far, at the old resolution and while the network was still adapting; on a converted MobileNetV2 half an epoch
+    into Fashion-MNIST they gave staying a loss above chance, and the search picked moves by that: docs/design.md).
+    ``search_max_macs``: a compute budget for the search, multiply-adds per training image of the network as exported
     (:func:`njet_convert.training.resolution.multiply_adds`): per stage the move of lowest loss whose network fits
-    it; when none does, of those cheaper than staying.
+    it; when none does, of those cheaper than staying. ``search_confidence``: a move replaces staying only when
+    its loss drop over the search batches' examples, example by example, is this many standard errors above 0
+    (and 1 % of the loss): the choice is made on a few hundred examples, and a gain within their noise is not
+    one (0 turns the test off).
     """
 
     lr: float = 0.01
@@ -66,8 +70,9 @@ class FinetuneConfig:
     resolution_search: bool = False
     search_octaves: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
     search_batches: int = 4
-    search_batchnorm: Literal["running", "batch"] = "running"
+    search_batchnorm: Literal["running", "batch"] = "batch"
     search_max_macs: float | None = None  # compute budget of the search, multiply-adds per image
+    search_confidence: float = 2.0  # standard errors of the paired per-example loss drop a move needs
     autotune: bool = False  # impl="auto" layers time their candidate paths once per shape (njet_layers.autotune)
     schedule: Literal["cosine", "step", "multistep", "poly", "constant"] = "cosine"
     warmup_epochs: float = 0.0  # linear warm-up from ``warmup_start * lr``; fractional epochs allowed
@@ -121,6 +126,9 @@ class FinetuneConfig:
             raise ValueError(f"search_batches must be a positive integer, got {self.search_batches!r}")
         if self.search_batchnorm not in ("running", "batch"):
             raise ValueError(f"search_batchnorm must be 'running' or 'batch', got {self.search_batchnorm!r}")
+        if isinstance(self.search_confidence, bool) or not (isinstance(self.search_confidence, int | float) and
+                                                            0 <= self.search_confidence < math.inf):
+            raise ValueError(f"search_confidence must be a finite number ≥ 0, got {self.search_confidence!r}")
         if self.search_max_macs is not None:
             if isinstance(self.search_max_macs, bool) or not (isinstance(self.search_max_macs, int | float) and
                                                               0 < self.search_max_macs < math.inf):

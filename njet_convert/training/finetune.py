@@ -272,7 +272,7 @@ class _Trainer:
         cost = (lambda m: float(multiply_adds(m, images[:1]))) if cfg.search_max_macs is not None else None
         choices = search_resolution(self.model, lambda m: self._search_loss(m, probes), stages, cfg.search_octaves,
                                     batch_statistics=cfg.search_batchnorm == "batch", cost=cost,
-                                    max_cost=cfg.search_max_macs)
+                                    max_cost=cfg.search_max_macs, confidence=cfg.search_confidence)
         self._forget_sigma_momentum()
         p.resolution_search = [c.as_dict() for c in choices]
         budget = (self._budget_note(cost(self.model), cfg.search_max_macs)
@@ -286,22 +286,25 @@ class _Trainer:
         return f" ({macs:,.0f} multiply-adds/image, {verdict} the budget of {budget:,.0f})"
 
     @torch.no_grad()
-    def _search_loss(self, model: nn.Module, probes: list[tuple[Tensor, Tensor | None]]) -> float:
-        """The run's loss on the search batches, summed over ranks (every rank makes the same choice)."""
-        total, count = 0.0, 0
+    def _search_loss(self, model: nn.Module, probes: list[tuple[Tensor, Tensor | None]]) -> Tensor:
+        """The run's loss of every example of the search batches, of all ranks (every rank makes the same choice,
+        and the search tests a move's gain example by example)."""
+        losses = []
         with self.precision.autocast():
             for x, y in probes:
                 x = to_device(x, self.ctx.device, self.channels_last)
-                logits = logits_of(model(x))
+                logits = logits_of(model(x)).float()
                 ref = logits_of(teacher_logits(self.teacher, x)) if self.teacher is not None else None
-                if ref is not None:
-                    y = y.to(self.ctx.device) if y is not None else None
-                    loss = distillation_loss(logits, ref, y, self.config.distill, self.config.label_smoothing)
-                else:
-                    loss = self.loss_fn(logits.float(), y.to(self.ctx.device))  # type: ignore[union-attr]
-                total, count = total + float(loss) * x.shape[0], count + x.shape[0]
-        summed = self.ctx.sum([total, count])
-        return summed[0] / max(summed[1], 1)
+                y = y.to(self.ctx.device) if y is not None else None
+                losses += [float(self._example_loss(logits[i:i + 1], ref, y, i)) for i in range(x.shape[0])]
+        return torch.tensor([v for rank in self.ctx.gather(losses) for v in rank], dtype=torch.float64)
+
+    def _example_loss(self, logits: Tensor, ref: Tensor | None, y: Tensor | None, i: int) -> Tensor:
+        """The training loss of example ``i`` of a batch (its logits ``[1, …]``; the teacher's, labels)."""
+        label = y[i:i + 1] if y is not None else None
+        if ref is not None:
+            return distillation_loss(logits, ref[i:i + 1], label, self.config.distill, self.config.label_smoothing)
+        return self.loss_fn(logits, label)
 
     def _forget_sigma_momentum(self) -> None:
         """σ's optimiser state (momentum, Adam moments) gathered before the search points at the old σ: drop it."""

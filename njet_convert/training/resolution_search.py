@@ -11,12 +11,17 @@ end without a point). :func:`search_resolution` walks the stages in network orde
 every σ in it and the factor of the point that closes it by ``2 ** octave`` for each candidate octave (the
 scale-space move: the filters dilated, the map shrunk by as much), and the factor alone (σ kept: where σ cannot
 follow, a 0.5× input asking for σ below its bound); it keeps the move of lowest loss on the given batches (staying
-unless another move beats it by ``min_gain``) and goes on to the next stage. Afterwards each point is back on
+unless another move beats it by ``min_gain``) and goes on to the next stage. When the loss comes per example, a move
+must also beat staying by ``confidence`` standard errors of its paired drop (staying's loss minus the move's,
+example by example): a few hundred examples judge up to nine moves per stage, and on a converted MobileNetV2 the
+untested choice took gains within that noise — coarser sampling of a half-size input, a finer stem at the
+trained size — that cost up to 14 points of test accuracy (docs/design.md). Afterwards each point is back on
 its own law at the factor found. A move whose maps no longer fit a layer of fixed size (a pool window, a flatten)
 counts as infinite loss. The loss is measured without gradients and with dropout off, so a search costs about
-``2 × len(stages) × len(octaves) × batches`` forward passes. Batch norm uses its running statistics by default;
-``batch_statistics=True`` normalises each batch by its own statistics instead, as training does, so that a move
-is not judged by statistics gathered at the old resolution (the running statistics are left as they were).
+``2 × len(stages) × len(octaves) × batches`` forward passes. Batch norm normalises each batch by its own
+statistics, as training does (the running statistics are left as they were), so that a move is not judged by
+statistics gathered at the old resolution while the network was still adapting; ``batch_statistics=False`` uses the
+running ones.
 
 A compute budget (``cost`` and ``max_cost``, e.g. multiply-adds per image) makes the choice constrained: per stage
 the move of lowest loss among those whose network then costs at most ``max_cost`` (staying keeps its ``min_gain``
@@ -39,11 +44,12 @@ from torch import Tensor, nn
 
 from njet_layers import NJetConv2d, SafeSubsample
 
-__all__ = ["DEFAULT_OCTAVES", "CostFn", "LossFn", "Stage", "StageChoice", "own_batch_statistics", "resolution_stages",
-           "search_resolution"]
+__all__ = ["DEFAULT_CONFIDENCE", "DEFAULT_OCTAVES", "CostFn", "LossFn", "Stage", "StageChoice",
+           "own_batch_statistics", "resolution_stages", "search_resolution"]
 
 DEFAULT_OCTAVES: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
-LossFn = Callable[[nn.Module], float]
+DEFAULT_CONFIDENCE = 2.0  # standard errors a move's paired loss drop must reach before it replaces staying
+LossFn = Callable[[nn.Module], "float | Tensor"]  # the mean loss, or the loss of every probe example
 CostFn = Callable[[nn.Module], float]
 Move = tuple[float, float]  # (σ octave, factor octave)
 
@@ -69,6 +75,7 @@ class StageChoice:
     factor_after: float | None
     losses: dict[str, float] = field(default_factory=dict)  # "σ octave/factor octave": loss
     costs: dict[str, float] = field(default_factory=dict)  # the same keys: the network's cost (with a budget)
+    z_scores: dict[str, float] = field(default_factory=dict)  # the same keys: standard errors of the drop vs staying
 
     def describe(self) -> str:
         """``point: σ 0.47 → 0.95, factor 2 → 4``, the line a run prints."""
@@ -81,7 +88,8 @@ class StageChoice:
         return {"point": self.stage.point, "layers": list(self.stage.layers), "sigma_octave": self.sigma_octave,
                 "factor_octave": self.factor_octave, "sigma_before": self.sigma_before,
                 "sigma_after": self.sigma_after, "factor_before": self.factor_before,
-                "factor_after": self.factor_after, "losses": dict(self.losses), "costs": dict(self.costs)}
+                "factor_after": self.factor_after, "losses": dict(self.losses), "costs": dict(self.costs),
+                "z_scores": dict(self.z_scores)}
 
 
 @torch.no_grad()
@@ -114,10 +122,13 @@ def resolution_stages(model: nn.Module, images: Tensor) -> list[Stage]:
 
 def search_resolution(model: nn.Module, loss: LossFn, stages: Sequence[Stage],
                       octaves: Sequence[float] = DEFAULT_OCTAVES, min_gain: float = 0.01,
-                      factor_only: bool = True, batch_statistics: bool = False, cost: CostFn | None = None,
-                      max_cost: float | None = None) -> list[StageChoice]:
+                      factor_only: bool = True, batch_statistics: bool = True, cost: CostFn | None = None,
+                      max_cost: float | None = None, confidence: float = DEFAULT_CONFIDENCE) -> list[StageChoice]:
     """Choose, stage by stage, the move of lowest ``loss(model)`` and leave ``model`` there (see the module
-    docstring). ``min_gain``: the relative loss drop a move needs over staying (noise guard); ``factor_only``: also
+    docstring). ``loss`` gives the mean loss, or a 1-D tensor of every probe example's loss, which lets the choice
+    test its gain. ``min_gain``: the relative loss drop a move needs over staying; ``confidence``: with per-example
+    losses, the standard errors of the paired drop (staying's loss minus the move's, example by example) it needs
+    as well (0: none); ``factor_only``: also
     try moving the point's factor alone, σ kept (where σ cannot follow: a 0.5× input asks for σ below its bound);
     ``batch_statistics``: batch norm on each batch's own statistics while the loss is measured; ``cost`` and
     ``max_cost``: the budget the chosen network must fit (both or neither)."""
@@ -127,6 +138,8 @@ def search_resolution(model: nn.Module, loss: LossFn, stages: Sequence[Stage],
         raise ValueError("cost and max_cost go together: give both for a budget, or neither")
     if max_cost is not None and not (max_cost > 0 and math.isfinite(max_cost)):
         raise ValueError(f"max_cost must be a positive number, got {max_cost!r}")
+    if not (confidence >= 0 and math.isfinite(confidence)):
+        raise ValueError(f"confidence must be a finite number ≥ 0, got {confidence!r}")
     budget = (cost, max_cost) if cost is not None and max_cost is not None else None
     moves = [(o, o) for o in octaves] + ([(0.0, o) for o in octaves if o] if factor_only else [])
     modules = dict(model.named_modules())
@@ -139,7 +152,8 @@ def search_resolution(model: nn.Module, loss: LossFn, stages: Sequence[Stage],
         for p in points:
             if p.anchor is not None or p.source is not None:
                 p.use_law_("covariant")
-        return [_search_stage(modules, stage, measure, model, moves, min_gain, budget) for stage in stages]
+        guard = (min_gain, confidence)
+        return [_search_stage(modules, stage, measure, model, moves, guard, budget) for stage in stages]
     finally:
         for p, law in laws.items():
             p.use_law_(law)
@@ -164,50 +178,69 @@ def own_batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _with_batch_statistics(loss: LossFn) -> LossFn:
-    def measure(model: nn.Module) -> float:
+    def measure(model: nn.Module) -> float | Tensor:
         with own_batch_statistics(model):
             return loss(model)
     return measure
 
 
 def _search_stage(modules: dict[str, nn.Module], stage: Stage, loss: LossFn, model: nn.Module,
-                  moves: Sequence[Move], min_gain: float,
+                  moves: Sequence[Move], guard: tuple[float, float],
                   budget: tuple[CostFn, float] | None) -> StageChoice:
     scaled = _scaled_modules(modules, stage)
     start = {m: float(m.log_sigma.detach()) for m in scaled}
     point = modules[stage.point] if stage.point is not None else None
     point = point if isinstance(point, SafeSubsample) and point.source is not None else None
     factor_before = point.factor if point is not None else None
-    losses: dict[Move, float] = {}
+    readings: dict[Move, Tensor | None] = {}
     costs: dict[Move, float] = {}
     for move in moves:
         _apply(start, point, factor_before, move)
-        losses[move] = _loss_or_inf(loss, model)
-        if budget is not None and math.isfinite(losses[move]):
+        readings[move] = _reading_or_none(loss, model)
+        if budget is not None and readings[move] is not None:
             costs[move] = budget[0](model)
-    best = _choose(losses, costs, budget[1] if budget is not None else None, min_gain)
+    losses = {m: float(r.mean()) if r is not None else math.inf for m, r in readings.items()}
+    z_scores = {m: _paired_z(readings[(0.0, 0.0)], r) for m, r in readings.items() if m != (0.0, 0.0)}
+    best = _choose(losses, costs, budget[1] if budget is not None else None, guard[0],
+                   lambda m: z_scores[m] >= guard[1])
     _apply(start, point, factor_before, best)
     first = scaled[0] if scaled else None
     sigma = (math.exp(start[first]), float(first.sigma.detach())) if first is not None else (math.nan, math.nan)
     return StageChoice(stage, best[0], best[1], *sigma, factor_before, point.factor if point is not None else None,
                        {f"{a:g}/{b:g}": v for (a, b), v in losses.items()},
-                       {f"{a:g}/{b:g}": v for (a, b), v in costs.items()})
+                       {f"{a:g}/{b:g}": v for (a, b), v in costs.items()},
+                       {f"{a:g}/{b:g}": v for (a, b), v in z_scores.items() if math.isfinite(v)})
 
 
-def _choose(losses: dict[Move, float], costs: dict[Move, float], max_cost: float | None, min_gain: float) -> Move:
+def _choose(losses: dict[Move, float], costs: dict[Move, float], max_cost: float | None, min_gain: float,
+            significant: Callable[[Move], bool] = lambda move: True) -> Move:
     """The move of lowest loss (ties: the smaller factor change, then σ and factor together) among those that fit
-    the budget; staying unless the best beats it by ``min_gain`` (when staying fits). When none fits, the move of
-    lowest loss among those cheaper than staying: a step towards the budget that the later stages can continue."""
+    the budget and, when staying fits, beat staying by ``min_gain`` and are ``significant`` (else staying).
+    When none fits, the move of lowest loss among those cheaper than staying: a step towards the budget that the
+    later stages can continue."""
     stay = (0.0, 0.0)
     fits = [m for m in losses if max_cost is None or (m in costs and costs[m] <= max_cost)]
     if not fits and max_cost is not None:
         fits = [m for m in costs if costs[m] < costs.get(stay, math.inf)]
         if not fits:
             return stay
-    best = min(fits, key=lambda m: (losses[m], abs(m[1]), m[0] != m[1]))
-    if stay in fits and not losses[best] < losses[stay] * (1 - min_gain):
-        return stay
-    return best
+    if stay in fits:
+        fits = [m for m in fits if m == stay or (losses[m] < losses[stay] * (1 - min_gain) and significant(m))]
+    return min(fits, key=lambda m: (losses[m], abs(m[1]), m[0] != m[1]))
+
+
+def _paired_z(stay: Tensor | None, move: Tensor | None) -> float:
+    """How many standard errors the mean of ``stay - move`` (per example) lies above 0: ``inf`` when there is
+    nothing to test (means only, or staying has no loss), ``-inf`` when the move has none."""
+    if move is None:
+        return -math.inf
+    if stay is None or stay.numel() < 2 or stay.shape != move.shape:
+        return math.inf
+    drop = stay - move
+    mean, spread = float(drop.mean()), float(drop.std()) / math.sqrt(drop.numel())
+    if spread == 0.0:
+        return math.inf if mean > 0 else 0.0
+    return mean / spread
 
 
 def _apply(start: dict[nn.Module, float], point: SafeSubsample | None, factor: float | None,
@@ -218,12 +251,15 @@ def _apply(start: dict[nn.Module, float], point: SafeSubsample | None, factor: f
         point.shift = math.log2(factor) + move[1] - point._exponent(float(point.sigma.detach()))
 
 
-def _loss_or_inf(loss: LossFn, model: nn.Module) -> float:
-    """The loss, or infinity where the maps became too small for a layer of fixed size (a pool window, a flatten)."""
+def _reading_or_none(loss: LossFn, model: nn.Module) -> Tensor | None:
+    """The loss as a 1-D tensor (per example, or the mean alone), or None where the maps became too small for a
+    layer of fixed size (a pool window, a flatten): that move cannot be taken."""
     try:
-        return loss(model)
+        value = loss(model)
     except RuntimeError:
-        return math.inf
+        return None
+    reading = torch.as_tensor(value, dtype=torch.float64).detach().cpu().reshape(-1)
+    return reading if bool(torch.isfinite(reading).all()) else None
 
 
 def _scaled_modules(modules: dict[str, nn.Module], stage: Stage) -> list[nn.Module]:
