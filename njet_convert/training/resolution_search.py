@@ -14,8 +14,8 @@ follow, a 0.5× input asking for σ below its bound); it keeps the move of lowes
 unless another move beats it by ``min_gain``) and goes on to the next stage. When the loss comes per example, a move
 must also beat staying by ``confidence`` standard errors of its paired drop (staying's loss minus the move's,
 example by example): a few hundred examples judge up to nine moves per stage, and on a converted MobileNetV2 the
-untested choice took gains within that noise — coarser sampling of a half-size input, a finer stem at the
-trained size — that cost up to 14 points of test accuracy (docs/design.md). Afterwards each point is back on
+untested choice took gains within that noise, finer stages that raised the multiply-adds by up to 2× at the trained
+size for no accuracy (docs/design.md). Afterwards each point is back on
 its own law at the factor found. A move whose maps no longer fit a layer of fixed size (a pool window, a flatten)
 counts as infinite loss. The loss is measured without gradients and with dropout off, so a search costs about
 ``2 × len(stages) × len(octaves) × batches`` forward passes. Batch norm normalises each batch by its own
@@ -152,8 +152,8 @@ def search_resolution(model: nn.Module, loss: LossFn, stages: Sequence[Stage],
         for p in points:
             if p.anchor is not None or p.source is not None:
                 p.use_law_("covariant")
-        guard = (min_gain, confidence)
-        return [_search_stage(modules, stage, measure, model, moves, guard, budget) for stage in stages]
+        return [_search_stage(modules, stage, measure, model, moves, min_gain, confidence, budget)
+                for stage in stages]
     finally:
         for p, law in laws.items():
             p.use_law_(law)
@@ -185,7 +185,7 @@ def _with_batch_statistics(loss: LossFn) -> LossFn:
 
 
 def _search_stage(modules: dict[str, nn.Module], stage: Stage, loss: LossFn, model: nn.Module,
-                  moves: Sequence[Move], guard: tuple[float, float],
+                  moves: Sequence[Move], min_gain: float, confidence: float,
                   budget: tuple[CostFn, float] | None) -> StageChoice:
     scaled = _scaled_modules(modules, stage)
     start = {m: float(m.log_sigma.detach()) for m in scaled}
@@ -201,8 +201,8 @@ def _search_stage(modules: dict[str, nn.Module], stage: Stage, loss: LossFn, mod
             costs[move] = budget[0](model)
     losses = {m: float(r.mean()) if r is not None else math.inf for m, r in readings.items()}
     z_scores = {m: _paired_z(readings[(0.0, 0.0)], r) for m, r in readings.items() if m != (0.0, 0.0)}
-    best = _choose(losses, costs, budget[1] if budget is not None else None, guard[0],
-                   lambda m: z_scores[m] >= guard[1])
+    best = _choose(losses, costs, budget[1] if budget is not None else None, min_gain,
+                   lambda m: z_scores[m] >= confidence)
     _apply(start, point, factor_before, best)
     first = scaled[0] if scaled else None
     sigma = (math.exp(start[first]), float(first.sigma.detach())) if first is not None else (math.nan, math.nan)
