@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["MAX_PIECES", "conv2d_at"]
+__all__ = ["MAX_PIECES", "Axis", "Piece", "conv2d_at", "sampling_plan"]
 
 
 MAX_PIECES = 16  # strided convs (row runs × column runs) before gathering is the better deal
@@ -36,7 +36,8 @@ def conv2d_at(x: Tensor, weight: Tensor, bias: Tensor | None, rows: Tensor, cols
     pixels. ``padding`` may be negative (the full output is then cropped by that much on each side)."""
     pad = [max(p, 0) for p in padding]
     shift = [max(-p, 0) for p in padding]
-    plan = _plan(x, weight, [_runs(idx + s) for idx, s in zip((rows, cols), shift, strict=True)], pad, dilation)
+    plan = _plan(tuple(x.shape[-2:]), tuple(weight.shape[-2:]),  # type: ignore[arg-type]
+                 [_runs(idx + s) for idx, s in zip((rows, cols), shift, strict=True)], pad, dilation)
     if plan is not None and len(plan) == 1 and len(plan[0]) == 1:  # one grid: plain autograd is cheapest
         return _piece_conv(x, weight, bias, plan[0][0], dilation, groups)
     if plan is not None:
@@ -47,6 +48,15 @@ def conv2d_at(x: Tensor, weight: Tensor, bias: Tensor | None, rows: Tensor, cols
     x = _gather(x, rows + shift[0], size[0], dilation[0], -2)
     x = _gather(x, cols + shift[1], size[1], dilation[1], -1)
     return F.conv2d(x, weight, bias, tuple(size), 0, 1, groups)
+
+
+def sampling_plan(size: tuple[int, int], taps: tuple[int, int], rows: Tensor, cols: Tensor,
+                  padding: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> list[list[Piece]] | None:
+    """How :func:`conv2d_at` computes a stride-1 conv of ``taps`` (padding ≥ 0) on a ``size`` map at ``rows`` ×
+    ``cols`` without gathering: bands (one per row run) of pieces (one strided conv per column run), or None when
+    it gathers (more than ``MAX_PIECES`` pieces, or a run that is not one strided conv). The export computes a
+    frozen conv the same way (:mod:`njet_convert.export.stride_fold`)."""
+    return _plan(size, taps, [_runs(rows), _runs(cols)], list(padding), dilation)
 
 
 def _runs(idx: Tensor) -> list[Run] | None:
@@ -67,7 +77,7 @@ def _runs(idx: Tensor) -> list[Run] | None:
     return runs
 
 
-class _Axis(NamedTuple):
+class Axis(NamedTuple):
     """One run along one axis: the input slice its windows read and the strided conv that computes it."""
 
     span: slice  # of the input
@@ -77,26 +87,28 @@ class _Axis(NamedTuple):
     kept: int  # windows of the run
 
 
-class _Piece(NamedTuple):
-    rows: _Axis
-    cols: _Axis
+class Piece(NamedTuple):
+    """One strided conv of a plan: a row run × a column run."""
+
+    rows: Axis
+    cols: Axis
 
 
-def _plan(x: Tensor, weight: Tensor, runs: list[list[Run] | None], pad: list[int],
-          dilation: tuple[int, int]) -> list[list[_Piece]] | None:
+def _plan(size: tuple[int, int], taps: tuple[int, int], runs: list[list[Run] | None], pad: list[int],
+          dilation: tuple[int, int]) -> list[list[Piece]] | None:
     """Bands (one per row run) of pieces (one per column run) in output order; None when the runs are too many
     or one cannot be computed as a strided conv of a slice."""
     row_runs, col_runs = runs
     if row_runs is None or col_runs is None or len(row_runs) * len(col_runs) > MAX_PIECES:
         return None
-    axes = [[_axis(x.shape[d - 2], weight.shape[d - 2], run, pad[d], dilation[d]) for run in axis_runs]
+    axes = [[_axis(size[d], taps[d], run, pad[d], dilation[d]) for run in axis_runs]
             for d, axis_runs in enumerate((row_runs, col_runs))]
     if any(a is None for axis in axes for a in axis):
         return None
-    return [[_Piece(r, c) for c in axes[1]] for r in axes[0]]  # type: ignore[arg-type]
+    return [[Piece(r, c) for c in axes[1]] for r in axes[0]]  # type: ignore[arg-type]
 
 
-def _axis(n: int, taps: int, run: Run, pad: int, dilation: int) -> _Axis | None:
+def _axis(n: int, taps: int, run: Run, pad: int, dilation: int) -> Axis | None:
     """The slice ``[a, b)`` and symmetric padding ``P`` whose windows ``a − P + j·step`` include the run's, where
     every window the run keeps reads real data only from the slice and zeros only outside the map (None if no
     ``a ≥ 0`` fits)."""
@@ -108,10 +120,10 @@ def _axis(n: int, taps: int, run: Run, pad: int, dilation: int) -> _Axis | None:
     a = first - (first - lo - padding) % step  # the largest a ≤ first with a window starting at lo
     if a < 0:
         return None
-    return _Axis(slice(a, min(hi, n)), padding, (lo - a + padding) // step, step, count)
+    return Axis(slice(a, min(hi, n)), padding, (lo - a + padding) // step, step, count)
 
 
-def _piece_conv(x: Tensor, weight: Tensor, bias: Tensor | None, piece: _Piece, dilation: tuple[int, int],
+def _piece_conv(x: Tensor, weight: Tensor, bias: Tensor | None, piece: Piece, dilation: tuple[int, int],
                 groups: int) -> Tensor:
     """The piece's output pixels (its runs' windows, nothing else)."""
     rows, cols = piece
@@ -120,7 +132,7 @@ def _piece_conv(x: Tensor, weight: Tensor, bias: Tensor | None, piece: _Piece, d
     return out[..., rows.skip : rows.skip + rows.kept, cols.skip : cols.skip + cols.kept]
 
 
-def _piece_input(x: Tensor, piece: _Piece) -> Tensor:
+def _piece_input(x: Tensor, piece: Piece) -> Tensor:
     rows, cols = piece.rows.span, piece.cols.span
     full = (rows.start, rows.stop, cols.start, cols.stop) == (0, x.shape[-2], 0, x.shape[-1])
     return x if full else x[..., rows, cols]  # a full slice would still cost a copy in backward
@@ -131,7 +143,7 @@ class _RunsConv(torch.autograd.Function):
     size of the whole input for every piece; here each piece's input gradient goes into its slice of one."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, plan: list[list[_Piece]],
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, plan: list[list[Piece]],
                 dilation: tuple[int, int], groups: int) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.plan, ctx.dilation, ctx.groups = plan, dilation, groups
@@ -157,7 +169,7 @@ class _RunsConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
-def _piece_backward(grad: Tensor, x: Tensor, weight: Tensor, piece: _Piece, ctx: Any, grad_x: Tensor | None,
+def _piece_backward(grad: Tensor, x: Tensor, weight: Tensor, piece: Piece, ctx: Any, grad_x: Tensor | None,
                     grad_w: Tensor | None) -> None:
     """Add one piece's input and weight gradients into ``grad_x`` (its slice) and ``grad_w``."""
     part = _piece_input(x, piece)

@@ -7,6 +7,7 @@ with its upsampling joins.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import onnx
@@ -21,7 +22,10 @@ from njet_convert.export import OnnxExportError, VerificationError, export_onnx,
 from njet_convert.export.adaptive_pool import MatrixAdaptiveAvgPool2d
 from njet_convert.export.freeze import max_relative_error, njet_modules
 from njet_convert.export.separable import layer_costs, separable_form
+from njet_convert.export.stride_fold import SampledConv
 from njet_convert.models.unet import UNet
+from njet_convert.training.resolution import multiply_adds
+from njet_convert.training.resolution_search import rescale_stage, resolution_stages
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample
 
 
@@ -169,6 +173,40 @@ def test_integer_nearest_subsampling_becomes_a_strided_conv(form: str) -> None:
     x = torch.randn(1, 2, 33, 17)
     with torch.no_grad():
         assert max_relative_error(frozen(x), model(x)) <= 1e-5
+
+
+@pytest.mark.parametrize("form,sigma,size", [("dense", 1.0, 64), ("separable", 2.0, 64), ("dense", 1.0, 47)])
+def test_nearest_subsampling_off_an_integer_factor_computes_only_the_kept_pixels(form: str, sigma: float, size: int,
+                                                                               tmp_path) -> None:
+    torch.manual_seed(0)
+    conv = NJetConv2d(4, 16, sigma=sigma, learn_sigma=False)
+    sub = SafeSubsample(r=sigma, source=conv)
+    sub.shift = math.log2(2.05) - 1.0  # factor 2.05 (σ learned after a search): steps of 2 and now and then a 3
+    sub.fuse_into(conv)  # as convert does: training computes the kept pixels, and multiply_adds counts them
+    model = _randomise_bn(nn.Sequential(conv, sub, nn.BatchNorm2d(16))).eval()
+    x = torch.randn(1, 4, size, size)
+    frozen, unfolded = freeze(model, x), freeze(model, x, fold_stride=False)
+    assert [lay.form for lay in frozen.freeze_report.layers] == [form]
+    assert [r.form for r in frozen.freeze_report.resizes] == ["fixed"]
+    assert isinstance(frozen[0], SampledConv) and isinstance(frozen[1], nn.Identity)
+    assert frozen.freeze_report.max_rel_error <= 1e-5
+    kept, counted = multiply_adds(frozen, x), multiply_adds(model, x)
+    assert kept < multiply_adds(unfolded, x) / 2.5  # a quarter of the pixels (the chain's row pass: half)
+    assert counted == kept
+    result = export_onnx(model, tmp_path / "m.onnx", x, dynamic_batch=False)
+    assert max(result.checks.values()) <= 1e-4
+
+
+def test_an_anchored_factor_of_four_folds_where_its_margin_keeps_a_pixel_less() -> None:
+    original = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    model = convert(original.eval(), order="exact", input_size=(3, 25, 25), progress=False)[0]
+    stages = resolution_stages(model, torch.randn(1, 3, 25, 25))
+    rescale_stage(model, stages[0], 1.0)  # σ and factor ×2: 25 px -> 6, where x[::4] would keep 7
+    x = torch.randn(2, 3, 25, 25)
+    frozen = freeze(model, x)
+    assert len(frozen.freeze_report.folded_strides) == 1
+    assert frozen.freeze_report.max_rel_error <= 1e-5 and frozen(x).shape[-1] == 6
+    assert multiply_adds(model, x) == multiply_adds(frozen, x)
 
 
 def test_separable_form_is_exact_and_auto_picks_it_for_large_sigma(tmp_path) -> None:

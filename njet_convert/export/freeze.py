@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample
+from njet_layers.sampled_conv import sampling_plan
 
 from ..record import record_of
 from .adaptive_pool import MatrixAdaptiveAvgPool2d, needs_matrix_pool
@@ -39,8 +40,8 @@ from .resize import FixedResize, ResizeTo, ScaleResize, StridedSubsample, _neare
 from .separable import DEFAULT_SEPARABLE_GAIN, auto_form, dense_form, layer_costs, separable_form
 from .stride_fold import fold_strides
 
-__all__ = ["FreezeReport", "FrozenLayer", "FrozenResize", "freeze", "max_relative_error", "njet_modules",
-           "slices_as_strided"]
+__all__ = ["FreezeReport", "FrozenLayer", "FrozenResize", "folds_into_conv", "freeze", "max_relative_error",
+           "njet_modules", "slices_as_strided"]
 
 Form = Literal["auto", "dense", "separable"]
 FREEZE_RTOL = 1e-5
@@ -276,6 +277,23 @@ def slices_as_strided(mod: SafeSubsample, sizes: Iterable[int] = ()) -> bool:
     """Whether ``freeze`` makes ``mod`` the strided slice ``x[..., ::step, ::step]``: ``nearest`` mode picking
     exactly those pixels at every input size up to 1024 (a slice takes any size) and at ``sizes``."""
     return mod.mode == "nearest" and _slices_at(mod.factor, mod.rounding, mod.margin, mod.offset, tuple(sizes))
+
+
+def folds_into_conv(mod: SafeSubsample, sizes: tuple | None, layer: NJetConv2d) -> bool:
+    """Whether ``freeze`` at these recorded sizes (the fixed-size form) and ``fold_stride`` compute ``mod`` and the
+    N-Jet ``layer`` before it as convs of the kept pixels only (:mod:`njet_convert.export.stride_fold`): a strided
+    slice, or a ``nearest`` resize whose kept rows and columns are few arithmetic runs (a factor σ has moved a
+    little off an integer; an anchored point's margin that keeps one pixel fewer than the slice). This is
+    what :func:`njet_convert.training.resolution.multiply_adds` counts."""
+    if round(mod.factor) >= 2 and mod.rounding == "ceil" and slices_as_strided(mod, sizes[0] if sizes else ()):
+        return True
+    if sizes is None or mod.mode != "nearest" or tuple(sizes[0]) == tuple(sizes[1]) or any(layer.crop):
+        return False
+    rows, cols = (_nearest_index(int(o), mod.factor, int(i), "cpu", mod.offset)  # type: ignore[arg-type]
+                  for i, o in zip(*sizes, strict=True))
+    size, taps = (int(sizes[0][0]), int(sizes[0][1])), (layer.kernel_size, layer.kernel_size)
+    pad = (layer.dilation[0] * layer.radius, layer.dilation[1] * layer.radius)
+    return sampling_plan(size, taps, rows, cols, pad, layer.dilation) is not None
 
 
 @functools.lru_cache(maxsize=4096)  # ~60 ms a factor, asked again for every move of a resolution search

@@ -28,7 +28,8 @@ from torch import nn
 from njet_layers import NJetConv2d, basis_orders
 from njet_layers.basis import axis_orders, is_tensor_basis
 
-__all__ = ["DEFAULT_SEPARABLE_GAIN", "LayerCosts", "auto_form", "dense_form", "layer_costs", "separable_form"]
+__all__ = ["DEFAULT_SEPARABLE_GAIN", "ChainCosts", "LayerCosts", "auto_form", "chain_costs", "dense_form",
+           "layer_costs", "separable_form"]
 
 DEFAULT_SEPARABLE_GAIN = 2.0  # "auto" takes the separable chain only where it saves this factor in multiply-adds
 
@@ -41,16 +42,32 @@ class LayerCosts:
     separable: int
 
 
+@dataclass(frozen=True)
+class ChainCosts:
+    """Multiply-adds of the separable chain's three stages, per pixel each one outputs (the ``s×1`` row pass
+    outputs every input column: its stride is along rows only)."""
+
+    rows: int
+    cols: int
+    combine: int
+
+
+def chain_costs(layer: NJetConv2d) -> ChainCosts:
+    """:class:`ChainCosts` of ``layer``'s separable form (module docstring)."""
+    s, c_in, c_out, groups = layer.kernel_size, layer.in_channels, layer.out_channels, layer.groups
+    j, m = axis_orders(layer.order)[1] + 1, len(basis_orders(layer.order))
+    per_map = 1 if is_tensor_basis(layer.order) else j  # inputs each x filter reads (module docstring, stage 2)
+    return ChainCosts(rows=c_in * j * s, cols=c_in * m * per_map * s, combine=(c_in // groups) * m * c_out)
+
+
 def layer_costs(layer: NJetConv2d) -> LayerCosts:
     """Multiply-add counts per output pixel for the dense and the separable form of ``layer`` at its current σ."""
     s, c_in, c_out, groups = layer.kernel_size, layer.in_channels, layer.out_channels, layer.groups
-    j, m = axis_orders(layer.order)[1] + 1, len(basis_orders(layer.order))
     dense = s * s * (c_in // groups) * c_out
     if layer.dilation != (1, 1):  # the separable chain assumes adjacent taps
         return LayerCosts(dense=dense, separable=2**62)
-    per_map = 1 if is_tensor_basis(layer.order) else j  # inputs each x filter reads (module docstring, stage 2)
-    separable = layer.stride[1] * c_in * j * s + c_in * m * per_map * s + (c_in // groups) * m * c_out
-    return LayerCosts(dense=dense, separable=separable)
+    chain = chain_costs(layer)
+    return LayerCosts(dense=dense, separable=layer.stride[1] * chain.rows + chain.cols + chain.combine)
 
 
 def auto_form(costs: LayerCosts, gain: float = DEFAULT_SEPARABLE_GAIN) -> str:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from njet_layers import NJetConv2d, SafeSubsample
+from njet_layers.sampled_conv import Axis, sampling_plan
 
 __all__ = [
     "collapsed_maps",
@@ -109,16 +110,16 @@ def multiply_adds(model: nn.Module, images: Tensor, form: Literal["exported", "d
     layers = [m for m in model.modules() if isinstance(m, NJetConv2d)]
     impls = {m: m.impl for m in layers}
     saved: list[int] = []  # multiply-adds the exported form saves against the dense count, per layer call
-    hooks = [m.register_forward_hook(_export_saving(saved)) for m in layers] if form == "exported" else []
-    folded = ([p for p in model.modules() if isinstance(p, SafeSubsample) and _folds_into_conv(p)]
-              if form == "exported" else [])
+    folded: dict[nn.Module, SafeSubsample] = {}  # layer -> the subsampling the export folds into it
+    hooks = [m.register_forward_hook(_export_saving(saved, folded)) for m in layers] if form == "exported" else []
     model.eval()
     try:
         for m in impls:
             m.impl = "dense"
-        for p in folded:
-            p.train()  # its conv computes only the kept pixels, as the strided conv of the export does
-        model(images)  # eval mode caches the composed kernels: the count is the inference cost, not composition
+        sizes = _point_sizes(model, images)  # caches the composed kernels (eval mode): inference, not composition
+        for p in [p for p, size in sizes.items() if form == "exported" and _folds_into_conv(p, size)]:
+            p.train()  # its conv computes only the kept pixels, as the export's conv does
+            folded[p._producer] = p
         saved.clear()
         with FlopCounterMode(display=False) as counter:
             model(images)
@@ -131,22 +132,72 @@ def multiply_adds(model: nn.Module, images: Tensor, form: Literal["exported", "d
     return math.ceil((counter.get_total_flops() / 2 - sum(saved)) / max(images.shape[0], 1))
 
 
-def _folds_into_conv(point: SafeSubsample) -> bool:
-    """Whether the export turns ``point`` and the N-Jet conv fused with it into one strided conv: a strided slice
-    (:func:`njet_convert.export.freeze.slices_as_strided`) of a step above 1 with ``ceil`` rounding, the pairs
-    :mod:`njet_convert.export.stride_fold` folds."""
-    from njet_convert.export.freeze import slices_as_strided
+def _point_sizes(model: nn.Module, images: Tensor) -> dict[SafeSubsample, tuple | None]:
+    """Per subsampling point, its (input, output) sizes on one forward pass of ``images``, as ``freeze`` records
+    them (None: called at more than one size)."""
+    from njet_convert.export.freeze import _record_sizes
 
-    return (getattr(point, "_producer", None) is not None and point.rounding == "ceil" and round(point.factor) >= 2
-            and slices_as_strided(point))
+    sizes, _ = _record_sizes(model, images)
+    modules = dict(model.named_modules())
+    return {p: sizes.get(name) for name, p in modules.items() if isinstance(p, SafeSubsample)}
 
 
-def _export_saving(saved: list[int]):
-    """A forward hook adding, per call, the dense count minus the exported form's count of the layer's output."""
+def _folds_into_conv(point: SafeSubsample, sizes: tuple | None) -> bool:
+    """Whether the export at these sizes computes only the pixels ``point`` keeps of the N-Jet conv fused with it
+    (:func:`njet_convert.export.freeze.folds_into_conv`)."""
+    from njet_convert.export.freeze import folds_into_conv
+
+    layer = getattr(point, "_producer", None)
+    return isinstance(layer, NJetConv2d) and folds_into_conv(point, sizes, layer)
+
+
+def _export_saving(saved: list[int], folded: dict[nn.Module, SafeSubsample]):
+    """A forward hook adding, per call, the count of the layer as run here minus the exported form's: the dense
+    kernel at every output pixel, or, where a subsampling is folded in, at the windows of the pieces the layer
+    computes (the form chosen as ``freeze`` chooses it, before any stride is folded in)."""
     from njet_convert.export.separable import auto_form, layer_costs
 
     def hook(layer: nn.Module, args: Any, out: Tensor) -> None:
         costs = layer_costs(layer)  # type: ignore[arg-type]
-        per_pixel = costs.separable if auto_form(costs) == "separable" else costs.dense
+        separable = auto_form(costs) == "separable"
+        if layer in folded:
+            saved.append(_folded_saving(layer, folded[layer], args[0], separable))  # type: ignore[arg-type]
+            return
+        per_pixel = costs.separable if separable else costs.dense
         saved.append((costs.dense - per_pixel) * out.numel() // max(out.shape[1], 1))
     return hook
+
+
+def _folded_saving(layer: NJetConv2d, point: SafeSubsample, x: Tensor, separable: bool) -> int:
+    """The dense kernel at the windows of the pieces the fused layer computes (what the counter saw) minus the
+    export's form of it: one strided conv over the whole input (a strided slice), else the same pieces
+    (:class:`njet_convert.export.stride_fold.SampledConv`); the separable chain's row pass outputs every column
+    of the slice it reads."""
+    from njet_convert.export.freeze import slices_as_strided
+    from njet_convert.export.separable import chain_costs, layer_costs
+
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    rows, cols = point.sample_grid(size)
+    taps, pad = (layer.kernel_size,) * 2, tuple(d * layer.radius for d in layer.dilation)
+    plan = sampling_plan(size, taps, rows, cols, pad, layer.dilation)  # type: ignore[arg-type]
+    if plan is None:
+        return 0
+    pieces = [(p, _windows(p.rows, taps[0], layer.dilation[0]), _windows(p.cols, taps[1], layer.dilation[1]))
+              for band in plan for p in band]
+    dense = layer_costs(layer).dense
+    counted = sum(dense * wr * wc for _, wr, wc in pieces)
+    chain = chain_costs(layer)
+    strided = point.rounding == "ceil" and slices_as_strided(point, size)
+    if strided:  # the strided conv computes the kept pixels from the whole input
+        exported = (chain.rows * len(rows) * size[1] + (chain.cols + chain.combine) * len(rows) * len(cols)
+                    if separable else dense * len(rows) * len(cols))
+    else:
+        exported = sum(chain.rows * wr * (p.cols.span.stop - p.cols.span.start)
+                       + (chain.cols + chain.combine) * wr * wc if separable else dense * wr * wc
+                       for p, wr, wc in pieces)
+    return (counted - exported) * int(x.shape[0])
+
+
+def _windows(axis: Axis, taps: int, dilation: int) -> int:
+    """Windows a piece's strided conv computes along one axis (its run's, and those it crops)."""
+    return (axis.span.stop - axis.span.start + 2 * axis.padding - dilation * (taps - 1) - 1) // axis.step + 1
