@@ -298,3 +298,23 @@ def test_channels_last_setting_on_cpu(setting, expect_channels_last):
     assert result.history[-1]["train_loss"] == pytest.approx(base.history[-1]["train_loss"], rel=1e-4)
     with pytest.raises(ValueError, match="channels_last"):
         FinetuneConfig(channels_last="yes")
+
+
+def test_sigma_released_after_its_delay_starts_without_the_momentum_of_the_delay(monkeypatch):
+    import importlib
+
+    module = importlib.import_module("njet_convert.training.finetune")
+    real, seen = module._Trainer._forget_sigma_momentum, []
+
+    def recording(trainer):
+        sigma = trainer.model.conv.log_sigma
+        seen.append((trainer.progress.global_step, "momentum_buffer" in trainer.optimizer.state.get(sigma, {})))
+        real(trainer)
+        assert sigma not in trainer.optimizer.state
+
+    monkeypatch.setattr(module._Trainer, "_forget_sigma_momentum", recording)
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 2, (64,))
+    cfg = FinetuneConfig(batch_size=16, sigma_delay_epochs=0.5, progress=False, plots=False, tensorboard=False)
+    finetune(_Tiny(), (x, y), epochs=2, config=cfg, device="cpu")
+    assert seen == [(2, True)]  # once, at the release (step 2 of 4 per epoch), with a buffer gathered at lr 0

@@ -39,7 +39,8 @@ class FinetuneConfig:
     (paper: 1e-4 ResNet, 1e-3 ALLCNN, 1e-2 NIN), σ (``log_sigma``) learns at ``sigma_lr`` (default ``lr``) with
     ``sigma_decay`` (default none), held for the first ``sigma_delay_epochs`` (a converted network's new head or
     new data gives σ large, meaningless gradients before α has adapted: docs/design.md, "Resolution learning from a
-    converted start"), batch-norm weights and biases never decay, other weights use ``weight_decay``.
+    converted start"; the momentum σ gathers meanwhile is dropped on release), batch-norm weights and biases
+    never decay, other weights use ``weight_decay``.
 
     ``resolution_search``: when σ is released (after the delay; at the start without one) choose per stage the
     octave of σ and subsampling factor of lowest training loss among ``search_octaves``, measured on

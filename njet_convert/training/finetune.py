@@ -207,7 +207,7 @@ class _Trainer:
             batch = next(batches, None)
             if batch is None:
                 break
-            self._search_when_due()
+            self._release_sigma_when_due()
             loss, n, hits = self._step(batch)
             stopping = self._check_step(loss, stop)
             p.step_in_epoch += 1
@@ -258,12 +258,20 @@ class _Trainer:
         return value, x.shape[0], hits
 
     # -- resolution search ----------------------------------------------------------------------------------
-    def _search_when_due(self) -> None:
-        """Run the resolution search once, at the step σ is released (the end of ``sigma_delay_epochs``)."""
+    def _release_sigma_when_due(self) -> None:
+        """At the step σ is released (the end of ``sigma_delay_epochs``): drop the momentum σ gathered while its lr
+        was 0 — SGD's buffer keeps summing σ's gradients through the delay, and released at once it moves σ by
+        ~1 / (1 − momentum) steps in one (a converted MNIST CNN's σ then runs to its lower bound and the run ends
+        at chance, docs/design.md) — and run the resolution search when it is asked for."""
+        release = round(self.config.sigma_delay_epochs * self.steps_per_epoch)
+        if release > 0 and self.progress.global_step == release:
+            self._forget_sigma_momentum()
+        self._search_when_due(release)
+
+    def _search_when_due(self, release: int) -> None:
+        """Run the resolution search once, at the step σ is released, or the first step after it."""
         cfg, p = self.config, self.progress
-        if not cfg.resolution_search or p.resolution_search is not None:
-            return
-        if p.global_step < round(cfg.sigma_delay_epochs * self.steps_per_epoch):
+        if not cfg.resolution_search or p.resolution_search is not None or p.global_step < release:
             return
         batches = self.train_loader.epoch(p.epoch + 7919, 0)  # its own fixed batches: the run's stream is untouched
         probes = [split_batch(b) for _, b in zip(range(cfg.search_batches), batches, strict=False)]
@@ -307,7 +315,8 @@ class _Trainer:
         return self.loss_fn(logits, label)
 
     def _forget_sigma_momentum(self) -> None:
-        """σ's optimiser state (momentum, Adam moments) gathered before the search points at the old σ: drop it."""
+        """σ's optimiser state (momentum, Adam moments) gathered during the delay or before the search points at the
+        old σ: drop it."""
         for group in self.optimizer.param_groups:
             if group.get("name") == "sigma":
                 for param in group["params"]:
