@@ -14,7 +14,11 @@ start"):
 - **converted, within budget** (``--variants budget``): resolution learned as above, the search held to
   ``--budget`` (default 1.5) times the converted network's multiply-adds at the reference size
   (``FinetuneConfig.search_max_macs``): the question of a user whose deployment can afford that much;
-- **converted, σ frozen**: the same network with σ fixed (so with the original's sizes).
+- **converted, σ frozen**: the same network with σ fixed (so with the original's sizes);
+- **converted, zoom given** (``--variants given``): the control for the search, the move it should find made by
+  hand before the first step (``rescale_stage``: the first stage's σ and subsampling factor × the scale, so a 2×
+  input is brought back to the reference size at once; at 0.5× σ stops at its bound), then σ learned, no search:
+  what absorbing the zoom can give on this data when nothing has to find it.
 
 Columns: test accuracy, σ and subsampling factor per stage before → after, multiply-adds per image of the
 exported ONNX model (counted from its Conv / Gemm / MatMul nodes), seconds per training step.
@@ -36,6 +40,7 @@ Fashion-MNIST's training set, test images the first ``--test`` of its test set; 
     python benchmarks/transfer.py --quick --networks mobilenet_v2 --variants learned --search-batchnorm running
     python benchmarks/transfer.py --quick --mobilenet --seeds 0 1 2 --heldout 2000   # mean and range over seeds
     python benchmarks/transfer.py --quick --variants learned budget --budget 1.5
+    python benchmarks/transfer.py --quick --networks mobilenet_v2 --scales 2 --variants learned given
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from njet_convert.data.fashion_mnist import load_fashion_mnist
 from njet_convert.models.real_weights import MNIST_MEAN, MNIST_STD, load_mnist_cnn, load_mobilenet_v2
 from njet_convert.training import FinetuneConfig, finetune
 from njet_convert.training.resolution import multiply_adds
+from njet_convert.training.resolution_search import rescale_stage, resolution_stages
 from njet_layers import NJetConv2d, SafeSubsample
 
 __all__ = ["HELDOUT_FROM", "fashion_split", "heldout_split", "main", "onnx_multiply_adds", "resized", "stages"]
@@ -156,6 +162,12 @@ def _covariant(model: nn.Module) -> nn.Module:
     return model
 
 
+def _zoom_given(model: nn.Module, scale: float, images: Tensor) -> nn.Module:
+    """The first stage's σ and factor × ``scale`` (the move that absorbs a zoom), before any training."""
+    rescale_stage(model, resolution_stages(model, images)[0], math.log2(scale))
+    return model
+
+
 def _freeze_sigma(model: nn.Module) -> nn.Module:
     for layer in model.modules():
         if isinstance(layer, NJetConv2d):
@@ -192,7 +204,8 @@ def _run(model: nn.Module, data: tuple, args, sigma_lr: float, search: bool = Fa
 
 _NETWORKS = {"mnist_cnn": ("MNIST CNN", _mnist_cnn), "mobilenet_v2": ("MobileNetV2", _mobilenet)}
 _VARIANTS = {"original": "original", "learned": "converted, resolution learned",
-             "budget": "converted, resolution learned within budget", "frozen": "converted, σ frozen"}
+             "budget": "converted, resolution learned within budget", "frozen": "converted, σ frozen",
+             "given": "converted, zoom given"}
 
 
 def _fmt(values: list[tuple[float, float]], which: int) -> str:
@@ -222,8 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mobilenet", action="store_true", help="also MobileNetV2 (ImageNet weights)")
     parser.add_argument("--networks", nargs="+", choices=tuple(_NETWORKS), default=None,
                         help="the networks to run (default: mnist_cnn, and mobilenet_v2 with --mobilenet)")
-    parser.add_argument("--variants", nargs="+", choices=_VARIANTS, default=list(_VARIANTS),
-                        help="the rows to run per scale (default all three)")
+    parser.add_argument("--variants", nargs="+", choices=_VARIANTS,
+                        default=["original", "learned", "budget", "frozen"],
+                        help="the rows to run per scale (default: all but given)")
     parser.add_argument("--quick", action="store_true", help="MNIST CNN, 2000 train / 500 test, 2 epochs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
@@ -273,6 +287,8 @@ def _scale_runs(network: str, scale: float, seed: int, args, split: tuple[Tensor
                 "learned": (learned, args.sigma_lr, not args.covariant, None),
                 "budget": (copy.deepcopy(converted), args.sigma_lr, True, budget),
                 "frozen": (_freeze_sigma(copy.deepcopy(converted)), 0.0, False, None)}
+    if "given" in args.variants:
+        variants["given"] = (_zoom_given(copy.deepcopy(converted), scale, data[0][:2]), args.sigma_lr, False, None)
     for key in args.variants:
         model, sigma_lr, search, max_macs = variants[key]
         variant = _VARIANTS[key] + (f" ({args.budget:g}× the 1× multiply-adds)" if max_macs else "")

@@ -13,7 +13,12 @@ from torch import nn
 
 import njet_convert
 from njet_convert.training import FinetuneConfig, finetune
-from njet_convert.training.resolution_search import own_batch_statistics, resolution_stages, search_resolution
+from njet_convert.training.resolution_search import (
+    own_batch_statistics,
+    rescale_stage,
+    resolution_stages,
+    search_resolution,
+)
 from njet_layers import NJetConv2d, SafeSubsample
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -336,3 +341,24 @@ def test_search_confidence_is_a_config_and_command_line_option() -> None:
     for bad in (-1.0, math.inf, math.nan, True):
         with pytest.raises(ValueError, match="search_confidence"):
             FinetuneConfig(search_confidence=bad)
+
+
+def test_rescale_stage_makes_the_search_move_by_hand_and_the_search_agrees(exact_cnn, digits) -> None:
+    x, y = _zoomed(digits[0], 2.0), digits[1]
+    stages = resolution_stages(exact_cnn, x[:2])
+    modules = dict(exact_cnn.named_modules())
+    point, layer = modules[stages[0].point], modules[stages[0].layers[0]]
+    law, sigma = point.law, float(layer.sigma.detach())
+    exact_cnn.train()
+    by_hand = rescale_stage(exact_cnn, stages[0], 1.0)
+    assert (by_hand.sigma_octave, by_hand.factor_octave) == (1.0, 1.0) and by_hand.losses == {}
+    assert float(layer.sigma.detach()) == pytest.approx(2 * sigma)
+    assert point.factor == pytest.approx(4.0) and point.law == law  # back on its own law at the factor reached
+    assert exact_cnn.training  # the mode is kept
+    choices = search_resolution(exact_cnn, _loss(x, y), stages[:1])
+    assert (choices[0].sigma_octave, choices[0].factor_octave) == (0.0, 0.0)  # nothing left to absorb
+    factor_only = rescale_stage(exact_cnn, stages[1], 0.0, -1.0)
+    assert factor_only.sigma_after == pytest.approx(factor_only.sigma_before)
+    assert factor_only.factor_after == pytest.approx(factor_only.factor_before / 2)
+    with pytest.raises(ValueError, match="finite"):
+        rescale_stage(exact_cnn, stages[0], math.nan)

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from njet_layers import NJetConv2d, SafeSubsample
 
 __all__ = ["DEFAULT_CONFIDENCE", "DEFAULT_OCTAVES", "CostFn", "LossFn", "Stage", "StageChoice",
-           "own_batch_statistics", "resolution_stages", "search_resolution"]
+           "own_batch_statistics", "rescale_stage", "resolution_stages", "search_resolution"]
 
 DEFAULT_OCTAVES: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
 DEFAULT_CONFIDENCE = 2.0  # standard errors a move's paired loss drop must reach before it replaces staying
@@ -143,17 +143,44 @@ def search_resolution(model: nn.Module, loss: LossFn, stages: Sequence[Stage],
     budget = (cost, max_cost) if cost is not None and max_cost is not None else None
     moves = [(o, o) for o in octaves] + ([(0.0, o) for o in octaves if o] if factor_only else [])
     modules = dict(model.named_modules())
+    measure = _with_batch_statistics(loss) if batch_statistics else loss
+    with _covariant_points(model):
+        return [_search_stage(modules, stage, measure, model, moves, min_gain, confidence, budget)
+                for stage in stages]
+
+
+def rescale_stage(model: nn.Module, stage: Stage, sigma_octave: float,
+                  factor_octave: float | None = None) -> StageChoice:
+    """Make one of the search's moves by hand: every σ of ``stage`` ``sigma_octave`` octaves up (inside its
+    bounds) and the factor of its point ``factor_octave`` octaves (default: as many), each point then back on its
+    own law at the factor reached. For a user who knows the data's scale, e.g. photos at twice the size the
+    network was trained on: the first stage ``1`` octave (and the control the transfer benchmark runs the search
+    against)."""
+    move = (float(sigma_octave), float(sigma_octave if factor_octave is None else factor_octave))
+    if not all(math.isfinite(v) for v in move):
+        raise ValueError(f"octaves must be finite numbers, got {move!r}")
+    modules = dict(model.named_modules())
+    with _covariant_points(model):
+        scaled, point = _scaled_modules(modules, stage), _stage_point(modules, stage)
+        start = {m: float(m.log_sigma.detach()) for m in scaled}
+        factor_before = point.factor if point is not None else None
+        _apply(start, point, factor_before, move)
+        return _choice(stage, move, scaled, start, point, factor_before)
+
+
+@contextmanager
+def _covariant_points(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, every converted point follows σ covariantly (a move scales σ and factor together) and
+    ``model`` is in eval mode; afterwards each point is on its own law again at the factor it has then."""
     points = [m for m in model.modules() if isinstance(m, SafeSubsample)]
     laws = {p: p.law for p in points}
     was_training = model.training
     model.eval()
-    measure = _with_batch_statistics(loss) if batch_statistics else loss
     try:
         for p in points:
             if p.anchor is not None or p.source is not None:
                 p.use_law_("covariant")
-        return [_search_stage(modules, stage, measure, model, moves, min_gain, confidence, budget)
-                for stage in stages]
+        yield model
     finally:
         for p, law in laws.items():
             p.use_law_(law)
@@ -187,10 +214,8 @@ def _with_batch_statistics(loss: LossFn) -> LossFn:
 def _search_stage(modules: dict[str, nn.Module], stage: Stage, loss: LossFn, model: nn.Module,
                   moves: Sequence[Move], min_gain: float, confidence: float,
                   budget: tuple[CostFn, float] | None) -> StageChoice:
-    scaled = _scaled_modules(modules, stage)
+    scaled, point = _scaled_modules(modules, stage), _stage_point(modules, stage)
     start = {m: float(m.log_sigma.detach()) for m in scaled}
-    point = modules[stage.point] if stage.point is not None else None
-    point = point if isinstance(point, SafeSubsample) and point.source is not None else None
     factor_before = point.factor if point is not None else None
     readings: dict[Move, Tensor | None] = {}
     costs: dict[Move, float] = {}
@@ -204,12 +229,25 @@ def _search_stage(modules: dict[str, nn.Module], stage: Stage, loss: LossFn, mod
     best = _choose(losses, costs, budget[1] if budget is not None else None, min_gain,
                    lambda m: z_scores[m] >= confidence)
     _apply(start, point, factor_before, best)
+    return _choice(stage, best, scaled, start, point, factor_before, losses, costs,
+                   {m: z for m, z in z_scores.items() if math.isfinite(z)})
+
+
+def _choice(stage: Stage, move: Move, scaled: list[nn.Module], start: dict[nn.Module, float],
+            point: SafeSubsample | None, factor_before: float | None, losses: dict[Move, float] | None = None,
+            costs: dict[Move, float] | None = None, z_scores: dict[Move, float] | None = None) -> StageChoice:
+    """The record of ``move`` made on ``stage`` (σ of its first layer and its point's factor, before → after)."""
     first = scaled[0] if scaled else None
     sigma = (math.exp(start[first]), float(first.sigma.detach())) if first is not None else (math.nan, math.nan)
-    return StageChoice(stage, best[0], best[1], *sigma, factor_before, point.factor if point is not None else None,
-                       {f"{a:g}/{b:g}": v for (a, b), v in losses.items()},
-                       {f"{a:g}/{b:g}": v for (a, b), v in costs.items()},
-                       {f"{a:g}/{b:g}": v for (a, b), v in z_scores.items() if math.isfinite(v)})
+    keyed = [{f"{a:g}/{b:g}": v for (a, b), v in (table or {}).items()} for table in (losses, costs, z_scores)]
+    return StageChoice(stage, move[0], move[1], *sigma, factor_before, point.factor if point is not None else None,
+                       *keyed)
+
+
+def _stage_point(modules: dict[str, nn.Module], stage: Stage) -> SafeSubsample | None:
+    """The point closing ``stage`` when its factor follows a layer's σ (None: the tail, or a point of its own)."""
+    point = modules[stage.point] if stage.point is not None else None
+    return point if isinstance(point, SafeSubsample) and point.source is not None else None
 
 
 def _choose(losses: dict[Move, float], costs: dict[Move, float], max_cost: float | None, min_gain: float,
