@@ -201,3 +201,18 @@ def test_quiet_prints_nothing_but_errors(tmp_path, capsys):
     assert cli.main(["mnist-toy2", "--k", "0", "--quiet", "--dry-run"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("njet-convert: error: argument --k")
+
+
+@pytest.mark.parametrize("options", [["--search-confidence", "-1"], ["--search-max-macs", "1M"]])
+def test_a_bad_fine_tuning_option_is_refused_before_conversion(tmp_path, monkeypatch, capsys, options) -> None:
+    from njet_convert import cli
+    from njet_convert.cli import run
+
+    def no_conversion(*_args):
+        raise AssertionError("converted before the options were checked")
+
+    monkeypatch.setattr(run, "_convert", no_conversion)
+    out = tmp_path / "out"
+    assert cli.main(["mnist-toy2", "--finetune", "opencv-digits", "--out", str(out), *options]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("njet-convert: error:") and "\n" not in err and not out.exists()

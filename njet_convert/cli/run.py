@@ -55,6 +55,8 @@ def run_command(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     fill_defaults(args)
     recipe_data(args, spec)
+    if getattr(args, "finetune", None):
+        _check_finetune_options(args)
     quiet = args.quiet
 
     def log(msg: str) -> None:
@@ -69,6 +71,17 @@ def run_command(argv: list[str]) -> int:
         text = _convert(run)
     print_result(run.result, text, json_mode=args.json, quiet=quiet)
     return 0
+
+
+def _check_finetune_options(args: argparse.Namespace) -> None:
+    """Refuse a fine-tuning option the config rejects (``--search-max-macs`` without ``--resolution-search``, a
+    negative ``--search-confidence``…) before anything is converted or written; the run builds it again later."""
+    from njet_convert.training.cli import config_from_args
+
+    try:
+        config_from_args(args)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def _device(choice: str) -> str:
