@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from njet_layers import MatchSize, NJetConv2d, SafeSubsample
-from njet_layers.sampled_conv import sampling_plan
+from njet_layers.sampled_conv import Piece, sampling_plan
 
 from ..record import record_of
 from .adaptive_pool import MatrixAdaptiveAvgPool2d, needs_matrix_pool
@@ -40,8 +40,8 @@ from .resize import FixedResize, ResizeTo, ScaleResize, StridedSubsample, _neare
 from .separable import DEFAULT_SEPARABLE_GAIN, auto_form, dense_form, layer_costs, separable_form
 from .stride_fold import fold_strides
 
-__all__ = ["FreezeReport", "FrozenLayer", "FrozenResize", "folds_into_conv", "freeze", "max_relative_error",
-           "njet_modules", "slices_as_strided"]
+__all__ = ["FreezeReport", "FrozenLayer", "FrozenResize", "folds_into_conv", "freeze", "kept_pixel_plan",
+           "max_relative_error", "njet_modules", "slices_as_strided"]
 
 Form = Literal["auto", "dense", "separable"]
 FREEZE_RTOL = 1e-5
@@ -288,12 +288,17 @@ def folds_into_conv(mod: SafeSubsample, sizes: tuple | None, layer: NJetConv2d) 
     if round(mod.factor) >= 2 and mod.rounding == "ceil" and slices_as_strided(mod, sizes[0] if sizes else ()):
         return True
     if sizes is None or mod.mode != "nearest" or tuple(sizes[0]) == tuple(sizes[1]) or any(layer.crop):
-        return False
-    rows, cols = (_nearest_index(int(o), mod.factor, int(i), "cpu", mod.offset)  # type: ignore[arg-type]
-                  for i, o in zip(*sizes, strict=True))
-    size, taps = (int(sizes[0][0]), int(sizes[0][1])), (layer.kernel_size, layer.kernel_size)
+        return False  # a cropping layer's frozen conv does not keep the size the resize was recorded at
+    return kept_pixel_plan(mod, layer, (int(sizes[0][0]), int(sizes[0][1]))) is not None
+
+
+def kept_pixel_plan(mod: SafeSubsample, layer: NJetConv2d, size: tuple[int, int]) -> list[list[Piece]] | None:
+    """The strided pieces in which ``layer`` (uncropped, 'same' padding) computes, on a ``size`` input, the pixels
+    ``mod`` keeps — in training (the fused producer) and in the export
+    (:class:`~njet_convert.export.stride_fold.SampledConv`) alike; None where they gather instead."""
+    rows, cols = mod.sample_grid(size)
     pad = (layer.dilation[0] * layer.radius, layer.dilation[1] * layer.radius)
-    return sampling_plan(size, taps, rows, cols, pad, layer.dilation) is not None
+    return sampling_plan(size, (layer.kernel_size, layer.kernel_size), rows, cols, pad, layer.dilation)
 
 
 @functools.lru_cache(maxsize=4096)  # ~60 ms a factor, asked again for every move of a resolution search

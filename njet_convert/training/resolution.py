@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from njet_layers import NJetConv2d, SafeSubsample
-from njet_layers.sampled_conv import Axis, sampling_plan
+from njet_layers.sampled_conv import Axis
 
 __all__ = [
     "collapsed_maps",
@@ -173,24 +173,24 @@ def _folded_saving(layer: NJetConv2d, point: SafeSubsample, x: Tensor, separable
     export's form of it: one strided conv over the whole input (a strided slice), else the same pieces
     (:class:`njet_convert.export.stride_fold.SampledConv`); the separable chain's row pass outputs every column
     of the slice it reads."""
-    from njet_convert.export.freeze import slices_as_strided
+    from njet_convert.export.freeze import kept_pixel_plan, slices_as_strided
     from njet_convert.export.separable import chain_costs, layer_costs
 
     size = (int(x.shape[-2]), int(x.shape[-1]))
-    rows, cols = point.sample_grid(size)
-    taps, pad = (layer.kernel_size,) * 2, tuple(d * layer.radius for d in layer.dilation)
-    plan = sampling_plan(size, taps, rows, cols, pad, layer.dilation)  # type: ignore[arg-type]
+    plan = kept_pixel_plan(point, layer, size)
     if plan is None:
         return 0
-    pieces = [(p, _windows(p.rows, taps[0], layer.dilation[0]), _windows(p.cols, taps[1], layer.dilation[1]))
+    rows, cols = point.output_size(size)
+    taps = layer.kernel_size
+    pieces = [(p, _windows(p.rows, taps, layer.dilation[0]), _windows(p.cols, taps, layer.dilation[1]))
               for band in plan for p in band]
     dense = layer_costs(layer).dense
     counted = sum(dense * wr * wc for _, wr, wc in pieces)
     chain = chain_costs(layer)
     strided = point.rounding == "ceil" and slices_as_strided(point, size)
     if strided:  # the strided conv computes the kept pixels from the whole input
-        exported = (chain.rows * len(rows) * size[1] + (chain.cols + chain.combine) * len(rows) * len(cols)
-                    if separable else dense * len(rows) * len(cols))
+        exported = (chain.rows * rows * size[1] + (chain.cols + chain.combine) * rows * cols
+                    if separable else dense * rows * cols)
     else:
         exported = sum(chain.rows * wr * (p.cols.span.stop - p.cols.span.start)
                        + (chain.cols + chain.combine) * wr * wc if separable else dense * wr * wc
