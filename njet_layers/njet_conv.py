@@ -21,6 +21,7 @@ from .basis import BasisOrder, axis_orders, basis_size, compose_basis, describe_
 from .basis_first import basis_first_conv2d, output_centers
 from .dispatch import IMPLS, Impl, KernelCache, impl_costs, uses_grad
 from .fft_conv import fft_conv2d
+from .grouped_layout import in_preferred_layout
 from .kernel_compose import compose_kernel, compose_kernel_autograd
 from .sampled_conv import conv2d_at
 from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds, positive_scalar
@@ -348,7 +349,11 @@ class NJetConv2d(nn.Module):
         pad = tuple(d * radius - c for d, c in zip(self.dilation, self.crop, strict=True))
         full = tuple(n - 2 * c for n, c in zip(x.shape[-2:], self.crop, strict=True))
         rows, cols = sampler.sample_grid(full)  # type: ignore[operator]
-        out = conv2d_at(x, weight, self.bias, rows, cols, pad, self.dilation, self.groups)  # type: ignore[arg-type]
+
+        def run(inp: Tensor) -> Tensor:
+            return conv2d_at(inp, weight, self.bias, rows, cols, pad, self.dilation, self.groups)  # type: ignore[arg-type]
+
+        out = in_preferred_layout(run, x, weight, self.groups)
         sampler.mark_sampled(out)  # type: ignore[operator]
         return out
 
@@ -379,7 +384,11 @@ class NJetConv2d(nn.Module):
     def _convolve(self, x: Tensor, weight: Tensor) -> Tensor:
         radius = (weight.shape[-1] - 1) // 2
         pad = [d * radius - c for d, c in zip(self.dilation, self.crop, strict=True)]
-        out = F.conv2d(x, weight, self.bias, self.stride, [max(p, 0) for p in pad], self.dilation, self.groups)
+
+        def run(inp: Tensor) -> Tensor:
+            return F.conv2d(inp, weight, self.bias, self.stride, [max(p, 0) for p in pad], self.dilation, self.groups)
+
+        out = in_preferred_layout(run, x, weight, self.groups)
         if min(pad) < 0:  # crop wider than the filter's own padding: trim the rest
             ch, cw = (max(-p, 0) for p in pad)
             out = out[..., ch : out.shape[-2] - ch, cw : out.shape[-1] - cw]
