@@ -28,14 +28,24 @@ def test_which_convolutions_run_channels_last(shape, weight, groups, channels_la
     x = torch.randn(shape)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    assert prefers_channels_last(x, torch.randn(weight), groups) is expected
+    assert prefers_channels_last(x, torch.randn(weight, requires_grad=True), groups) is expected
+
+
+def test_only_a_recorded_filter_gradient_switches() -> None:
+    """Forward alone, the copies cost more than the layout saves: inference and frozen filters keep NCHW."""
+    x, w = torch.randn(2, 8, 9, 9), torch.randn(8, 1, 5, 5)
+    assert not prefers_channels_last(x, w, 8)
+    w.requires_grad_(True)
+    assert prefers_channels_last(x, w, 8)
+    with torch.no_grad():
+        assert not prefers_channels_last(x, w, 8)
 
 
 def test_the_tap_limit_is_what_the_rule_reads() -> None:
     x = torch.randn(1, 1310, 6, 6)
     assert 1310 * 25 <= MAX_CHANNELS_LAST_TAPS < 1311 * 25
-    assert prefers_channels_last(x, torch.randn(1310, 1, 5, 5), 1310)
-    assert not prefers_channels_last(torch.randn(1, 1311, 6, 6), torch.randn(1311, 1, 5, 5), 1311)
+    assert prefers_channels_last(x, torch.randn(1310, 1, 5, 5, requires_grad=True), 1310)
+    assert not prefers_channels_last(torch.randn(1, 1311, 6, 6), torch.randn(1311, 1, 5, 5, requires_grad=True), 1311)
 
 
 def test_in_preferred_layout_returns_the_callers_layout_and_values() -> None:
