@@ -43,7 +43,7 @@ from .separable import SEPARABLE_TILE, supports_separable
 
 __all__ = [
     "FFT_MAX_BYTES", "IMPLS", "KAPPA", "KAPPA_FFT", "KAPPA_FFT_T", "Impl", "KernelCache", "basis_first_cost",
-    "choose_impl", "dense_cost", "fft_cost", "impl_costs", "separable_cost", "uses_grad",
+    "choose_impl", "dense_cost", "fft_cost", "impl_costs", "is_tracing", "separable_cost", "uses_grad",
 ]
 
 Impl = Literal["auto", "dense", "basis_first", "fft", "separable"]
@@ -161,6 +161,11 @@ class KernelCache:
     def clear(self) -> None:
         """Drop the cached kernel."""
         self._key = self._value = None
+
+
+def is_tracing() -> bool:
+    """Whether an exporter or compiler is tracing: it sees one plain conv2d, no cost model, timing or layout switch."""
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())  # type: ignore[attr-defined,no-untyped-call]
 
 
 def uses_grad(module: nn.Module) -> bool:

@@ -1,7 +1,7 @@
 """The memory layout a grouped (depthwise) convolution larger than 3×3 runs in on the CPU.
 
 Why: PyTorch's CPU convolution of a grouped filter larger than 3×3 is several times slower on an NCHW tensor than
-on a channels-last one, its weight gradient most — 3–4× for MobileNetV2's 5×5 depthwise shapes, forward and
+on a channels-last one, its weight gradient most — 1.35–2.7× for MobileNetV2's 5×5 depthwise shapes, forward and
 backward, with the layout copies counted (``benchmarks/grouped_layout.py``). A converted depthwise 3×3 layer trains
 as a 5×5 one as soon as σ passes 0.5, so this is most of what an order-3 MobileNetV2 step pays over the original.
 Grouped 3×3 convolutions have a fast NCHW kernel of their own, which the copies would only slow down; and a bank
@@ -22,6 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .dispatch import is_tracing
+
 __all__ = ["MAX_CHANNELS_LAST_TAPS", "in_preferred_layout", "prefers_channels_last"]
 
 MAX_CHANNELS_LAST_TAPS = 2**15  # channels × kernel taps up to which channels-last measured faster (module docstring)
@@ -36,7 +38,7 @@ def prefers_channels_last(x: Tensor, weight: Tensor, groups: int) -> bool:
         return False
     if weight.numel() > MAX_CHANNELS_LAST_TAPS:
         return False
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():  # type: ignore[attr-defined,no-untyped-call]
+    if is_tracing():
         return False
     return not x.is_contiguous(memory_format=torch.channels_last)
 

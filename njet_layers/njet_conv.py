@@ -19,7 +19,7 @@ from .autotune import CANDIDATE_SPREAD, cached_choice, is_autotuning, measured_c
 from .axis_filters import anchor_sigma, anchored_mix, axis_filters, remix_alpha
 from .basis import BasisOrder, axis_orders, basis_size, compose_basis, describe_basis, filter_radius, is_tensor_basis
 from .basis_first import basis_first_conv2d, output_centers
-from .dispatch import IMPLS, Impl, KernelCache, impl_costs, uses_grad
+from .dispatch import IMPLS, Impl, KernelCache, impl_costs, is_tracing, uses_grad
 from .fft_conv import fft_conv2d
 from .grouped_layout import in_preferred_layout
 from .kernel_compose import compose_kernel, compose_kernel_autograd
@@ -44,11 +44,6 @@ def _pair(value: _Pair, name: str) -> tuple[int, int]:
     if len(pair) != 2 or any(not isinstance(v, int) or v < 0 for v in pair):
         raise ValueError(f"{name} must be a non-negative int or a pair of them, got {value!r}")
     return pair
-
-
-def _tracing() -> bool:
-    """Exporters and compilers see one plain conv2d: no cost model, no timing."""
-    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())  # type: ignore[attr-defined,no-untyped-call]
 
 
 class NJetConv2d(nn.Module):
@@ -267,7 +262,7 @@ class NJetConv2d(nn.Module):
             return "basis_first"  # the separable path needs groups=1; basis-first computes the same
         if self.impl != "auto":
             return self.impl
-        if _tracing():
+        if is_tracing():
             return "dense"  # exporters and compilers see one plain conv2d
         radius = self.radius
         key = (size, batch, radius, self.stride, self.crop, self.alpha.device)
@@ -282,7 +277,7 @@ class NJetConv2d(nn.Module):
     def chosen_impl(self, x: Tensor) -> str:
         """The path ``forward`` takes on ``x``: :meth:`resolve_impl`, or under
         :func:`njet_layers.autotune.set_autotune` the fastest path measured on ``x``'s shape for an ``auto`` layer."""
-        if is_autotuning() and self.impl == "auto" and self.dilation == (1, 1) and not _tracing():
+        if is_autotuning() and self.impl == "auto" and self.dilation == (1, 1) and not is_tracing():
             return self._measured_impl(x)
         return self.resolve_impl((x.shape[-2], x.shape[-1]), batch=x.shape[0])
 

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dispatch import is_tracing
 from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds, positive_scalar
 
 __all__ = ["LAWS", "Law", "MatchSize", "SafeSubsample", "resize", "safe_output_size"]
@@ -262,7 +263,7 @@ class SafeSubsample(nn.Module):
         """Whether the fused producer computes this subsampling now (the one decision both modules follow)."""
         if getattr(self, "_producer", None) is None or not self.training or self.mode != "nearest":
             return False
-        return not (torch.jit.is_tracing() or torch.compiler.is_compiling())  # type: ignore[attr-defined,no-untyped-call]
+        return not is_tracing()
 
     def forward(self, x: Tensor) -> Tensor:
         if self.samples_in_producer() and self._is_sampled(x):
