@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import njet_convert
+from njet_convert.host_memory import host_memory_summary, reuse_host_memory
 
 __all__ = ["main"]
 
@@ -57,12 +58,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=16, help="MobileNetV2 batch")
     parser.add_argument("--channels-last", action="store_true",
                         help="run every network (the originals too) and its input in channels-last memory format")
+    parser.add_argument("--plain-memory", action="store_true",
+                        help="leave PyTorch's and glibc's allocation settings as they are (default: reuse host "
+                             "memory across steps, njet_convert.host_memory)")
     args = parser.parse_args(argv)
+    if not args.plain_memory:
+        reuse_host_memory()  # before the first tensor
+    memory = "plain" if args.plain_memory else host_memory_summary()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
     print(f"SGD training step, CPU, {args.threads} threads, median of {args.rounds} interleaved rounds"
-          + (", channels-last" if args.channels_last else ""))
+          + (", channels-last" if args.channels_last else "") + f"; host memory: {memory}")
     print(f"| {'network':<32} | {'variant':<18} | {'ms / step':>9} | {'ratio':>5} |")
     print(f"|{'-' * 34}|{'-' * 20}|{'-' * 11}|{'-' * 7}|")
     for label, build, size, batch in _networks(args):

@@ -10,7 +10,10 @@ start"):
   (``FinetuneConfig.resolution_search``: per stage the octave of σ and subsampling factor of lowest training loss,
   batch norm on each batch's statistics, a move taken only ``--search-confidence`` standard errors clear of
   staying), then σ learned at ``--sigma-lr`` (``--covariant``: every point on the covariant law and no search, the
-  earlier variant);
+  earlier variant); each converted subsampling factor held on its stride's grid within ``--factor-hold`` octaves
+  (``FinetuneConfig.factor_hold``, default 0.25);
+- **converted, factor not held** (``--variants free``): the same with ``factor_hold=0``, the size law alone (a σ
+  that drifts moves the factor off 2 and jitters the ``nearest`` grid);
 - **converted, within budget** (``--variants budget``): resolution learned as above, the search held to
   ``--budget`` (default 1.5) times the converted network's multiply-adds at the reference size
   (``FinetuneConfig.search_max_macs``): the question of a user whose deployment can afford that much;
@@ -41,6 +44,7 @@ Fashion-MNIST's training set, test images the first ``--test`` of its test set; 
     python benchmarks/transfer.py --quick --mobilenet --seeds 0 1 2 --heldout 2000   # mean and range over seeds
     python benchmarks/transfer.py --quick --variants learned budget --budget 1.5
     python benchmarks/transfer.py --quick --networks mobilenet_v2 --scales 2 --variants learned given
+    python benchmarks/transfer.py --quick --networks mobilenet_v2 --variants learned free --seeds 0 1 2 --heldout 2000
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from sigma_gradients import exact_convert
 
 from njet_convert import export_onnx
 from njet_convert.data.fashion_mnist import load_fashion_mnist
+from njet_convert.host_memory import host_memory_summary, reuse_host_memory
 from njet_convert.models.real_weights import MNIST_MEAN, MNIST_STD, load_mnist_cnn, load_mobilenet_v2
 from njet_convert.training import FinetuneConfig, finetune
 from njet_convert.training.resolution import multiply_adds
@@ -182,14 +187,15 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 
 def _run(model: nn.Module, data: tuple, args, sigma_lr: float, search: bool = False,
-         max_macs: float | None = None, seed: int = 0) -> dict:
+         max_macs: float | None = None, seed: int = 0, hold: float | None = None) -> dict:
     x_tr, y_tr, x_te, y_te, heldout = data
     before = stages(model)
     cfg = FinetuneConfig(lr=args.lr, sigma_lr=sigma_lr, batch_size=64, seed=seed, warmup_epochs=0.1, progress=False,
                          plots=False, tensorboard=False, max_steps_per_epoch=args.max_steps,
                          sigma_delay_epochs=args.sigma_delay, resolution_search=search,
                          search_batchnorm=args.search_batchnorm, search_max_macs=max_macs,
-                         search_confidence=args.search_confidence)
+                         search_confidence=args.search_confidence,
+                         factor_hold=args.factor_hold if hold is None else hold)
     start = time.perf_counter()
     result = finetune(model, (x_tr, y_tr), epochs=args.epochs, config=cfg, device="cpu")
     seconds = (time.perf_counter() - start) / max(result.global_step, 1)
@@ -205,7 +211,7 @@ def _run(model: nn.Module, data: tuple, args, sigma_lr: float, search: bool = Fa
 _NETWORKS = {"mnist_cnn": ("MNIST CNN", _mnist_cnn), "mobilenet_v2": ("MobileNetV2", _mobilenet)}
 _VARIANTS = {"original": "original", "learned": "converted, resolution learned",
              "budget": "converted, resolution learned within budget", "frozen": "converted, σ frozen",
-             "given": "converted, zoom given"}
+             "given": "converted, zoom given", "free": "converted, resolution learned, factor not held"}
 
 
 def _fmt(values: list[tuple[float, float]], which: int) -> str:
@@ -237,13 +243,22 @@ def main(argv: list[str] | None = None) -> None:
                         help="the networks to run (default: mnist_cnn, and mobilenet_v2 with --mobilenet)")
     parser.add_argument("--variants", nargs="+", choices=_VARIANTS,
                         default=["original", "learned", "budget", "frozen"],
-                        help="the rows to run per scale (default: all but given)")
+                        help="the rows to run per scale (default: all but given and free)")
+    parser.add_argument("--factor-hold", type=float, default=0.25, metavar="OCT",
+                        help="octaves within which each converted factor stays on its stride's grid "
+                             "(FinetuneConfig.factor_hold, default 0.25; the free variant: 0)")
     parser.add_argument("--quick", action="store_true", help="MNIST CNN, 2000 train / 500 test, 2 epochs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="one run per seed (the new head's initialisation and the batch order); with more than "
                              "one, a last table gives each row's mean and range")
+    parser.add_argument("--plain-memory", action="store_true",
+                        help="leave PyTorch's and glibc's allocation settings as they are (default: reuse host "
+                             "memory across steps, njet_convert.host_memory)")
     args = parser.parse_args(argv)
+    if not args.plain_memory:
+        reuse_host_memory()  # before the first tensor
+    memory = "plain" if args.plain_memory else host_memory_summary()
     torch.set_num_threads(args.threads)
     if args.quick:
         args.train, args.test, args.epochs = 2000, 500, 2
@@ -255,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{args.search_confidence:g} standard errors clear of staying)")
     print(f"Fashion-MNIST, {args.train} train / {args.test} test (fixed split), {args.epochs} epoch(s), SGD lr "
           f"{args.lr:g}, σ lr {args.sigma_lr:g} (held {args.sigma_delay:g} epochs), batch 64, cosine; "
-          f"resolution learned: {learning}\n")
+          f"resolution learned: {learning}; host memory: {memory}\n")
     held = f" (held-out {args.heldout})" if heldout else ""
     print(f"| network | scale (px) | variant | test acc %{held} | σ per stage before → after | factor per stage "
           "before → after | ONNX multiply-adds/image | s/step |")
@@ -287,6 +302,8 @@ def _scale_runs(network: str, scale: float, seed: int, args, split: tuple[Tensor
                 "learned": (learned, args.sigma_lr, not args.covariant, None),
                 "budget": (copy.deepcopy(converted), args.sigma_lr, True, budget),
                 "frozen": (_freeze_sigma(copy.deepcopy(converted)), 0.0, False, None)}
+    if "free" in args.variants:
+        variants["free"] = (copy.deepcopy(learned), args.sigma_lr, not args.covariant, None)
     if "given" in args.variants:
         variants["given"] = (_zoom_given(copy.deepcopy(converted), scale, data[0][:2]), args.sigma_lr, False, None)
     for key in args.variants:
@@ -294,7 +311,7 @@ def _scale_runs(network: str, scale: float, seed: int, args, split: tuple[Tensor
         variant = _VARIANTS[key] + (f" ({args.budget:g}× the 1× multiply-adds)" if max_macs else "")
         variant += f", seed {seed}" if len(args.seeds) > 1 else ""
         torch.manual_seed(seed)
-        r = _run(model, data, args, sigma_lr, search, max_macs, seed)
+        r = _run(model, data, args, sigma_lr, search, max_macs, seed, 0.0 if key == "free" else None)
         acc = f"{r['acc']:.1f}" + (f" ({r['heldout']:.1f})" if r["heldout"] is not None else "")
         print(f"| {name} | {scale:g}× ({size}) | {variant} | {acc} | {_fmt(r['before'], 0)} → "
               f"{_fmt(r['after'], 0)} | {_fmt(r['before'], 1)} → {_fmt(r['after'], 1)} | "

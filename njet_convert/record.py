@@ -258,7 +258,8 @@ class LayerEntry:
 class SubsampleEntry:
     """One SafeSubsample: the NJetConv2d whose σ drives it (None: its own σ), r, original stride, rounding, mode,
     and the shift of a converted point's law (``None``: a folder written before the shifted law, which loads with
-    the paper's unshifted law) and the law itself (``"paper"`` or ``"covariant"``; folders without it: paper)."""
+    the paper's unshifted law), the law itself (``"paper"`` or ``"covariant"``; folders without it: paper) and the
+    octaves within which the factor is held on its grid (``SafeSubsample.hold_factor_``; folders without it: 0)."""
 
     source: str | None
     r: float
@@ -267,6 +268,7 @@ class SubsampleEntry:
     mode: str = "nearest"
     shift: float | None = None
     law: str = "paper"
+    hold: float = 0.0
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> SubsampleEntry:
@@ -278,7 +280,7 @@ class SubsampleEntry:
                    rounding=_choice(data, "rounding", where, _ROUNDINGS, "ceil"),
                    mode=_choice(data, "mode", where, _MODES, "nearest"),
                    shift=_number(data, "shift", where) if "shift" in data else None,
-                   law=_choice(data, "law", where, _LAWS, "paper"))
+                   law=_choice(data, "law", where, _LAWS, "paper"), hold=_hold(data, where))
 
 
 @dataclass
@@ -434,6 +436,14 @@ def _number(data: Mapping[str, Any], key: str, where: str, positive: bool = Fals
     if not ok or (positive and not value > 0):
         raise ValueError(f"{where}.{key} must be a {'positive ' if positive else ''}finite number, got {value!r}")
     return float(value)
+
+
+def _hold(data: Mapping[str, Any], where: str) -> float:
+    """A subsampling entry's ``hold`` (0 when absent): octaves in [0, 0.5)."""
+    value = _number(data, "hold", where) if "hold" in data else 0.0
+    if not 0.0 <= value < 0.5:
+        raise ValueError(f"{where}.hold must lie in [0, 0.5) octaves, got {value!r}")
+    return value
 
 
 def _int(data: Mapping[str, Any], key: str, where: str) -> int:

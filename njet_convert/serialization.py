@@ -87,6 +87,7 @@ def current_record(model: nn.Module) -> ConversionRecord:
         mod = modules.get(name)
         if isinstance(mod, SafeSubsample):
             sub.r, sub.shift, sub.rounding, sub.mode, sub.law = mod.r, mod.shift, mod.rounding, mod.mode, mod.law
+            sub.hold = mod.hold
             sub.source = names.get(id(mod.source)) if mod.source is not None else None
     record.training = bool(model.training)
     param = next((p for p in model.parameters() if p.is_floating_point()), None)
@@ -239,6 +240,7 @@ def _restore_subsampling(model: nn.Module, record: ConversionRecord) -> None:
             if names.get(id(mod.source)) != sub.source:
                 mod.link(modules[sub.source])
         mod.r, mod.rounding, mod.mode, mod.law = sub.r, sub.rounding, sub.mode, sub.law  # type: ignore[assignment]
+        mod.hold_factor_(sub.hold)
         if sub.shift is not None:
             mod.shift = sub.shift
         else:  # written before the shifted law: the unshifted law with its plain rounding and grid

@@ -23,6 +23,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from ..host_memory import reuse_host_memory
 from .exits import CtrlC, Stopped, exit_code
 from .models import ModelSpec, resolve_model
 from .parser import build_parser
@@ -34,6 +35,7 @@ __all__ = ["ModelSpec", "Stopped", "build_parser", "main", "resolve_model"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``njet-convert`` console script; returns the exit code (0, 1 internal, 2 bad input,
     128 + signal when stopped)."""
+    reuse_host_memory()  # before the first tensor: PyTorch reads its huge-page switch once (njet_convert.host_memory)
     args = list(sys.argv[1:] if argv is None else argv)
     with CtrlC() as ctrl_c:
         return exit_code(lambda: run_command(args), ctrl_c)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import first_line
+from ..host_memory import reuse_host_memory
 from ..record import Architecture, find_architecture
 from .cli import add_training_arguments, run_training
 
@@ -45,6 +46,7 @@ def load_model_spec(spec: str, trust_code: bool = False) -> nn.Module:
 
 
 def main(argv: list[str] | None = None) -> int:
+    reuse_host_memory()  # before the first tensor (njet_convert.host_memory)
     parser = argparse.ArgumentParser(prog="python -m njet_convert.training", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="saved model folder or package.module:callable")
     parser.add_argument("--teacher", help="original network for --distill (folder or package.module:callable)")

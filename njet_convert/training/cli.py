@@ -55,6 +55,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     g.add_argument("--search-confidence", type=float, default=2.0, metavar="Z",
                    help="standard errors of its per-example loss drop a move needs before the search takes it "
                         "over staying (default 2; 0: the mean alone decides)")
+    g.add_argument("--factor-hold", type=float, default=0.25, metavar="OCT",
+                   help="hold each converted subsampling factor on its stride's grid (2, 4, 1 for stride 2) while "
+                        "σ keeps it within OCT octaves (0..0.5, default 0.25; 0: the size law alone)")
     g.add_argument("--autotune", action="store_true",
                    help="N-Jet layers time their paths once per shape and keep the fastest (docs/layer.md)")
     g.add_argument("--alpha-decay", type=float, default=1e-4, help="L2 weight on α (paper: 1e-4..1e-2)")
@@ -105,6 +108,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         search_batchnorm=getattr(args, "search_batchnorm", "batch"),
         search_max_macs=getattr(args, "search_max_macs", None),
         search_confidence=getattr(args, "search_confidence", 2.0),
+        factor_hold=getattr(args, "factor_hold", 0.25),
         autotune=getattr(args, "autotune", False),
         weight_decay=args.weight_decay, momentum=getattr(args, "momentum", 0.9),
         betas=tuple(getattr(args, "betas", None) or (0.9, 0.999)),

@@ -56,6 +56,11 @@ class FinetuneConfig:
     its loss drop over the search batches' examples, example by example, is this many standard errors above 0
     (and 1 % of the loss): the choice is made on a few hundred examples, and a gain within their noise is not
     one (0 turns the test off).
+
+    ``factor_hold``: octaves (in [0, 0.5)) within which every converted subsampling point holds its factor on its
+    stride's power-of-two ladder (``SafeSubsample.hold_factor_``: a regular ``nearest`` grid while σ drifts a
+    little; default 0.25, a quarter octave); 0 turns the hold off, ``None`` leaves each point's own setting.
+    Networks built as N-Jet have no converted point and keep the paper's law. Saved with the model.
     """
 
     lr: float = 0.01
@@ -74,6 +79,7 @@ class FinetuneConfig:
     search_batchnorm: Literal["running", "batch"] = "batch"
     search_max_macs: float | None = None  # compute budget of the search, multiply-adds per image
     search_confidence: float = 2.0  # standard errors of the paired per-example loss drop a move needs
+    factor_hold: float | None = 0.25  # octaves a converted point's factor is held on its grid (None: as it is)
     autotune: bool = False  # impl="auto" layers time their candidate paths once per shape (njet_layers.autotune)
     schedule: Literal["cosine", "step", "multistep", "poly", "constant"] = "cosine"
     warmup_epochs: float = 0.0  # linear warm-up from ``warmup_start * lr``; fractional epochs allowed
@@ -116,6 +122,9 @@ class FinetuneConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        hold = self.factor_hold
+        if hold is not None and (isinstance(hold, bool) or not (isinstance(hold, int | float) and 0 <= hold < 0.5)):
+            raise ValueError(f"factor_hold must be a number of octaves in [0, 0.5), got {self.factor_hold!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.optimizer not in ("sgd", "adam"):

@@ -49,7 +49,7 @@ from .optim import build_optimizer, build_scheduler
 from .plots import feature_sizes, sigma_values, write_plots
 from .precision import fp32_njet_kernels, resolve_precision
 from .resolution import multiply_adds, resolution_health, resolution_lines, stage_table
-from .resolution_search import resolution_stages, search_resolution
+from .resolution_search import converted_points, hold_factors, resolution_stages, search_resolution
 
 __all__ = ["FinetuneResult", "NonFiniteLossError", "evaluate", "finetune"]
 
@@ -119,6 +119,8 @@ def finetune(
     if config.distill is not None and teacher is None:
         raise ValueError("config.distill is set but teacher= is None: distillation needs the original network")
     state = read_checkpoint(resume, model) if resume is not None else None  # validate before touching anything
+    if config.factor_hold is not None and converted_points(model):
+        hold_factors(model, config.factor_hold)
     ctx = setup_distributed(device)
     try:
         trainer = _Trainer(model, train_data, val_data, epochs, config, teacher, out_dir, ctx, loss_fn)

@@ -44,8 +44,8 @@ from torch import Tensor, nn
 
 from njet_layers import NJetConv2d, SafeSubsample
 
-__all__ = ["DEFAULT_CONFIDENCE", "DEFAULT_OCTAVES", "CostFn", "LossFn", "Stage", "StageChoice",
-           "own_batch_statistics", "rescale_stage", "resolution_stages", "search_resolution"]
+__all__ = ["DEFAULT_CONFIDENCE", "DEFAULT_OCTAVES", "CostFn", "LossFn", "Stage", "StageChoice", "converted_points",
+           "hold_factors", "own_batch_statistics", "rescale_stage", "resolution_stages", "search_resolution"]
 
 DEFAULT_OCTAVES: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
 DEFAULT_CONFIDENCE = 2.0  # standard errors a move's paired loss drop must reach before it replaces staying
@@ -166,6 +166,24 @@ def rescale_stage(model: nn.Module, stage: Stage, sigma_octave: float,
         factor_before = point.factor if point is not None else None
         _apply(start, point, factor_before, move)
         return _choice(stage, move, scaled, start, point, factor_before)
+
+
+def converted_points(model: nn.Module) -> list[SafeSubsample]:
+    """The subsampling points of ``model`` that replace a strided conv or pool of a converted network (anchored)."""
+    return [m for m in model.modules() if isinstance(m, SafeSubsample) and m.anchor is not None]
+
+
+def hold_factors(model: nn.Module, octaves: float) -> int:
+    """Hold the factor of every converted (anchored) subsampling point of ``model`` on its stride's power-of-two
+    ladder while σ keeps it within ``octaves`` (:meth:`njet_layers.SafeSubsample.hold_factor_`); returns how many
+    points now hold. ValueError when ``model`` has no converted point (a network built as N-Jet keeps the paper's
+    law) or ``octaves`` lies outside [0, 0.5)."""
+    points = converted_points(model)
+    if not points:
+        raise ValueError("factor hold: the model has no converted subsampling point (SafeSubsample with an anchor)")
+    for point in points:
+        point.hold_factor_(octaves)
+    return len(points)
 
 
 @contextmanager
