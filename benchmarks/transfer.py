@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="resolution learned = covariant law + σ gradients, no search (the earlier variant)")
     parser.add_argument("--search-batchnorm", choices=("running", "batch"), default="batch",
                         help="batch-norm statistics of the search (FinetuneConfig.search_batchnorm)")
-    parser.add_argument("--search-confidence", type=float, default=2.0,
+    parser.add_argument("--search-confidence", type=float, default=FinetuneConfig.search_confidence,
                         help="standard errors of its per-example loss drop a search move needs (0: the mean alone)")
     parser.add_argument("--heldout", type=int, default=0, metavar="N",
                         help=f"also test on N other test images (from index {HELDOUT_FROM}): a choice's check")
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", choices=_VARIANTS,
                         default=["original", "learned", "budget", "frozen"],
                         help="the rows to run per scale (default: all but given and free)")
-    parser.add_argument("--factor-hold", type=float, default=0.25, metavar="OCT",
+    parser.add_argument("--factor-hold", type=float, default=FinetuneConfig.factor_hold, metavar="OCT",
                         help="octaves within which each converted factor stays on its stride's grid "
                              "(FinetuneConfig.factor_hold, default 0.25; the free variant: 0)")
     parser.add_argument("--quick", action="store_true", help="MNIST CNN, 2000 train / 500 test, 2 epochs")

@@ -52,10 +52,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     g.add_argument("--search-max-macs", type=_count, default=None, metavar="N",
                    help="compute budget of the resolution search: multiply-adds per training image (e.g. 12.5M); "
                         "per stage the move of lowest loss that fits")
-    g.add_argument("--search-confidence", type=float, default=2.0, metavar="Z",
+    g.add_argument("--search-confidence", type=float, default=FinetuneConfig.search_confidence, metavar="Z",
                    help="standard errors of its per-example loss drop a move needs before the search takes it "
                         "over staying (default 2; 0: the mean alone decides)")
-    g.add_argument("--factor-hold", type=float, default=0.25, metavar="OCT",
+    g.add_argument("--factor-hold", type=float, default=FinetuneConfig.factor_hold, metavar="OCT",
                    help="hold each converted subsampling factor on its stride's grid (2, 4, 1 for stride 2) while "
                         "σ keeps it within OCT octaves (0..0.5, default 0.25; 0: the size law alone)")
     g.add_argument("--autotune", action="store_true",
@@ -107,8 +107,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         resolution_search=getattr(args, "resolution_search", False),
         search_batchnorm=getattr(args, "search_batchnorm", "batch"),
         search_max_macs=getattr(args, "search_max_macs", None),
-        search_confidence=getattr(args, "search_confidence", 2.0),
-        factor_hold=getattr(args, "factor_hold", 0.25),
+        search_confidence=getattr(args, "search_confidence", FinetuneConfig.search_confidence),
+        factor_hold=getattr(args, "factor_hold", FinetuneConfig.factor_hold),
         autotune=getattr(args, "autotune", False),
         weight_decay=args.weight_decay, momentum=getattr(args, "momentum", 0.9),
         betas=tuple(getattr(args, "betas", None) or (0.9, 0.999)),

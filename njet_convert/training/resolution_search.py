@@ -44,11 +44,13 @@ from torch import Tensor, nn
 
 from njet_layers import NJetConv2d, SafeSubsample
 
+from .config import FinetuneConfig
+
 __all__ = ["DEFAULT_CONFIDENCE", "DEFAULT_OCTAVES", "CostFn", "LossFn", "Stage", "StageChoice", "converted_points",
            "hold_factors", "own_batch_statistics", "rescale_stage", "resolution_stages", "search_resolution"]
 
-DEFAULT_OCTAVES: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
-DEFAULT_CONFIDENCE = 2.0  # standard errors a move's paired loss drop must reach before it replaces staying
+DEFAULT_OCTAVES: tuple[float, ...] = FinetuneConfig.search_octaves
+DEFAULT_CONFIDENCE: float = FinetuneConfig.search_confidence  # standard errors a move's paired loss drop needs
 LossFn = Callable[[nn.Module], "float | Tensor"]  # the mean loss, or the loss of every probe example
 CostFn = Callable[[nn.Module], float]
 Move = tuple[float, float]  # (σ octave, factor octave)
