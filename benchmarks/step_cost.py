@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.plain_memory:
         reuse_host_memory()  # before the first tensor
-    memory = "plain" if args.plain_memory else host_memory_summary()
+    memory = host_memory_summary()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     layout = torch.channels_last if args.channels_last else torch.contiguous_format

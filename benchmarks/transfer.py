@@ -187,7 +187,7 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 
 def _run(model: nn.Module, data: tuple, args, sigma_lr: float, search: bool = False,
-         max_macs: float | None = None, seed: int = 0, hold: float | None = None) -> dict:
+         max_macs: float | None = None, seed: int = 0, hold: float | None = FinetuneConfig.factor_hold) -> dict:
     x_tr, y_tr, x_te, y_te, heldout = data
     before = stages(model)
     cfg = FinetuneConfig(lr=args.lr, sigma_lr=sigma_lr, batch_size=64, seed=seed, warmup_epochs=0.1, progress=False,
@@ -195,7 +195,7 @@ def _run(model: nn.Module, data: tuple, args, sigma_lr: float, search: bool = Fa
                          sigma_delay_epochs=args.sigma_delay, resolution_search=search,
                          search_batchnorm=args.search_batchnorm, search_max_macs=max_macs,
                          search_confidence=args.search_confidence,
-                         factor_hold=args.factor_hold if hold is None else hold)
+                         factor_hold=hold)
     start = time.perf_counter()
     result = finetune(model, (x_tr, y_tr), epochs=args.epochs, config=cfg, device="cpu")
     seconds = (time.perf_counter() - start) / max(result.global_step, 1)
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.plain_memory:
         reuse_host_memory()  # before the first tensor
-    memory = "plain" if args.plain_memory else host_memory_summary()
+    memory = host_memory_summary()
     torch.set_num_threads(args.threads)
     if args.quick:
         args.train, args.test, args.epochs = 2000, 500, 2
@@ -311,7 +311,7 @@ def _scale_runs(network: str, scale: float, seed: int, args, split: tuple[Tensor
         variant = _VARIANTS[key] + (f" ({args.budget:g}× the 1× multiply-adds)" if max_macs else "")
         variant += f", seed {seed}" if len(args.seeds) > 1 else ""
         torch.manual_seed(seed)
-        r = _run(model, data, args, sigma_lr, search, max_macs, seed, 0.0 if key == "free" else None)
+        r = _run(model, data, args, sigma_lr, search, max_macs, seed, 0.0 if key == "free" else args.factor_hold)
         acc = f"{r['acc']:.1f}" + (f" ({r['heldout']:.1f})" if r["heldout"] is not None else "")
         print(f"| {name} | {scale:g}× ({size}) | {variant} | {acc} | {_fmt(r['before'], 0)} → "
               f"{_fmt(r['after'], 0)} | {_fmt(r['before'], 1)} → {_fmt(r['after'], 1)} | "

@@ -242,10 +242,9 @@ class SafeSubsample(nn.Module):
         with a :attr:`hold` returns ``anchor * 2**m`` within ``hold`` octaves of it (:meth:`hold_factor_`).
         """
         factor = 2.0 ** (self._exponent(float(self.sigma.detach())) + self.shift)
-        hold = getattr(self, "hold", 0.0)  # modules pickled before the hold have none
-        if hold > 0.0 and self.anchor:
+        if self.hold > 0.0 and self.anchor:
             octave = math.log2(factor / self.anchor)
-            if abs(octave - round(octave)) < hold:
+            if abs(octave - round(octave)) < self.hold:
                 return self.anchor * 2.0 ** round(octave)
         nearest = round(factor)
         return float(nearest) if nearest >= 1 and abs(factor - nearest) < 1e-5 * factor else factor
@@ -302,7 +301,7 @@ class SafeSubsample(nn.Module):
             f"r={self.r:.4g}, shift={self.shift:.4g}, sigma={float(self.sigma.detach()):.4g}, "
             f"factor={self.factor:.4g}, anchor={self.anchor}, {where}, "
             + (f"law={self.law!r}, " if self.law != "paper" else "")
-            + (f"hold={self.hold:g}, " if getattr(self, "hold", 0.0) else "") +
+            + (f"hold={self.hold:g}, " if self.hold else "") +
             f"mode={self.mode!r}, rounding={self.rounding!r}"
         )
 
