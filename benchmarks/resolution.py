@@ -10,6 +10,7 @@ The paper's claim (Exp. 1.2A): trained on MNIST at 1×, 1.5× and 2× size, the 
 - the same CNN converted losslessly (``order="exact"``); before the first step (same task, same head) the resolution
   search (``FinetuneConfig.resolution_search``: per stage the octave of σ and subsampling factor of lowest training
   loss), then σ learned;
+- ``--models order3-search``: the order-3 conversion (the first row's) with the search (the second row's);
 - the zoo's N-Jet toy net (``njet_mnist_toy2``: 2 N-Jet layers, σ initialised to 1, the paper's unshifted law),
   trained from scratch the same way.
 
@@ -20,6 +21,7 @@ training, and test accuracy. The ratios σ_2× / σ_1× (paper: ≈ 2) are print
     python benchmarks/resolution.py                 # ~5-10 min on one CPU thread
     python benchmarks/resolution.py --quick         # 1 epoch each, 1000 training images
     python benchmarks/resolution.py --models search # only the exact + search rows
+    python benchmarks/resolution.py --models order3 --scales 1 --sigma-delay 0.5   # σ released after half an epoch
 """
 
 from __future__ import annotations
@@ -120,7 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="1 epoch each on 1000 training images")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--models", nargs="+", choices=("order3", "search", "toy"), default=["order3", "search", "toy"])
+    parser.add_argument("--sigma-delay", type=float, default=0.0, metavar="EPOCHS",
+                        help="epochs σ is held (and the search waits): FinetuneConfig.sigma_delay_epochs")
+    parser.add_argument("--models", nargs="+", choices=("order3", "search", "order3-search", "toy"),
+                        default=["order3", "search", "toy"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     x_tr, x_te = (x_tr[: args.train] - MNIST_MEAN) / MNIST_STD, (x_te - MNIST_MEAN) / MNIST_STD
     y_tr = y_tr[: args.train]
     cfg = FinetuneConfig(lr=args.lr, batch_size=64, seed=args.seed, warmup_epochs=0.1, progress=False, plots=False,
-                         tensorboard=False)
+                         tensorboard=False, sigma_delay_epochs=args.sigma_delay)
     original = load_mnist_cnn()
     rows = []
     for scale in args.scales:
@@ -138,11 +143,15 @@ def main(argv: list[str] | None = None) -> None:
         if "order3" in args.models:
             converted, _ = njet_convert.convert(original, input_size=(1, 28, 28))
             rows.append({**_run("converted MNIST CNN", converted, data, args.epochs, cfg), "scale": scale, "px": px})
+        searched = dataclasses.replace(cfg, resolution_search=True)  # same digits, same head: search at once
         if "search" in args.models:
             exact, _ = njet_convert.convert(original, order="exact", input_size=(1, 28, 28))
-            searched = dataclasses.replace(cfg, resolution_search=True)  # same digits, same head: search at once
             rows.append({**_run("exact + resolution search", exact, data, args.epochs, searched), "scale": scale,
                          "px": px})
+        if "order3-search" in args.models:
+            converted, _ = njet_convert.convert(original, input_size=(1, 28, 28))
+            rows.append({**_run("order 3 + resolution search", converted, data, args.epochs, searched),
+                         "scale": scale, "px": px})
         if "toy" in args.models:
             torch.manual_seed(args.seed)
             rows.append({**_run("N-Jet toy net (scratch)", _toy(), data, args.toy_epochs, cfg), "scale": scale,

@@ -21,10 +21,12 @@ start"):
 - **converted, zoom given** (``--variants given``): the control for the search, the move it should find made by
   hand before the first step (``rescale_stage``: the first stage's σ and subsampling factor × the scale, so a 2×
   input is brought back to the reference size at once; at 0.5× σ stops at its bound), then σ learned, no search:
-  what absorbing the zoom can give on this data when nothing has to find it.
+  what absorbing the zoom can give on this data when nothing has to find it (``--given-stage K``: the zoom given to
+  stage K instead, the stages before it kept at full detail).
 
 Columns: test accuracy, σ and subsampling factor per stage before → after, multiply-adds per image of the
-exported ONNX model (counted from its Conv / Gemm / MatMul nodes), seconds per training step.
+exported ONNX model (counted from its Conv / Gemm / MatMul nodes), seconds per training step, and the optimiser
+steps in which the σ step bound (``FinetuneConfig.sigma_max_step``) cut some σ back.
 
 ``--seeds``: one run per seed (the new head's initialisation and the batch order), and a last table of each row's
 mean and range: one run of MobileNetV2 moves by up to 3 points from seed to seed, so a single run cannot settle a
@@ -44,6 +46,7 @@ Fashion-MNIST's training set, test images the first ``--test`` of its test set; 
     python benchmarks/transfer.py --quick --mobilenet --seeds 0 1 2 --heldout 2000   # mean and range over seeds
     python benchmarks/transfer.py --quick --variants learned budget --budget 1.5
     python benchmarks/transfer.py --quick --networks mobilenet_v2 --scales 2 --variants learned given
+    python benchmarks/transfer.py --quick --networks mobilenet_v2 --scales 2 --variants given --given-stage 1
     python benchmarks/transfer.py --quick --networks mobilenet_v2 --variants learned free --seeds 0 1 2 --heldout 2000
 """
 
@@ -167,9 +170,12 @@ def _covariant(model: nn.Module) -> nn.Module:
     return model
 
 
-def _zoom_given(model: nn.Module, scale: float, images: Tensor) -> nn.Module:
-    """The first stage's σ and factor × ``scale`` (the move that absorbs a zoom), before any training."""
-    rescale_stage(model, resolution_stages(model, images)[0], math.log2(scale))
+def _zoom_given(model: nn.Module, scale: float, images: Tensor, stage: int = 0) -> nn.Module:
+    """Stage ``stage``'s σ and factor × ``scale`` (the move that absorbs a zoom), before any training."""
+    stages_ = resolution_stages(model, images)
+    if not 0 <= stage < len(stages_):
+        raise SystemExit(f"--given-stage {stage}: the network has stages 0–{len(stages_) - 1}")
+    rescale_stage(model, stages_[stage], math.log2(scale))
     return model
 
 
@@ -205,7 +211,7 @@ def _run(model: nn.Module, data: tuple, args, sigma_lr: float, search: bool = Fa
         macs = onnx_multiply_adds(path)
     return {"acc": _accuracy(model, x_te, y_te), "heldout": _accuracy(model, *heldout) if heldout else None,
             "before": before, "after": stages(model), "macs": macs,
-            "step": seconds}
+            "step": seconds, "cut": result.history[-1].get("sigma_steps_bounded", 0) if result.history else 0}
 
 
 _NETWORKS = {"mnist_cnn": ("MNIST CNN", _mnist_cnn), "mobilenet_v2": ("MobileNetV2", _mobilenet)}
@@ -247,6 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--factor-hold", type=float, default=FinetuneConfig.factor_hold, metavar="OCT",
                         help="octaves within which each converted factor stays on its stride's grid "
                              "(FinetuneConfig.factor_hold, default 0.25; the free variant: 0)")
+    parser.add_argument("--given-stage", type=int, default=0, metavar="K",
+                        help="the stage the zoom is given to with --variants given (0: the first; each stage ends at "
+                             "a subsampling point)")
     parser.add_argument("--quick", action="store_true", help="MNIST CNN, 2000 train / 500 test, 2 epochs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
@@ -273,8 +282,8 @@ def main(argv: list[str] | None = None) -> None:
           f"resolution learned: {learning}; host memory: {memory}\n")
     held = f" (held-out {args.heldout})" if heldout else ""
     print(f"| network | scale (px) | variant | test acc %{held} | σ per stage before → after | factor per stage "
-          "before → after | ONNX multiply-adds/image | s/step |")
-    print("|---|---|---|---|---|---|---|---|")
+          "before → after | ONNX multiply-adds/image | s/step | σ steps cut |")
+    print("|---|---|---|---|---|---|---|---|---|")
     runs: dict[tuple[str, str, str], list[dict]] = {}
     for network in networks:
         for scale in args.scales:
@@ -305,17 +314,19 @@ def _scale_runs(network: str, scale: float, seed: int, args, split: tuple[Tensor
     if "free" in args.variants:
         variants["free"] = (copy.deepcopy(learned), args.sigma_lr, not args.covariant, None)
     if "given" in args.variants:
-        variants["given"] = (_zoom_given(copy.deepcopy(converted), scale, data[0][:2]), args.sigma_lr, False, None)
+        given = _zoom_given(copy.deepcopy(converted), scale, data[0][:2], args.given_stage)
+        variants["given"] = (given, args.sigma_lr, False, None)
     for key in args.variants:
         model, sigma_lr, search, max_macs = variants[key]
         variant = _VARIANTS[key] + (f" ({args.budget:g}× the 1× multiply-adds)" if max_macs else "")
+        variant += f" to stage {args.given_stage}" if key == "given" and args.given_stage else ""
         variant += f", seed {seed}" if len(args.seeds) > 1 else ""
         torch.manual_seed(seed)
         r = _run(model, data, args, sigma_lr, search, max_macs, seed, 0.0 if key == "free" else args.factor_hold)
         acc = f"{r['acc']:.1f}" + (f" ({r['heldout']:.1f})" if r["heldout"] is not None else "")
         print(f"| {name} | {scale:g}× ({size}) | {variant} | {acc} | {_fmt(r['before'], 0)} → "
               f"{_fmt(r['after'], 0)} | {_fmt(r['before'], 1)} → {_fmt(r['after'], 1)} | "
-              f"{r['macs'] / 1e6:.2f} M | {r['step']:.3f} |", flush=True)
+              f"{r['macs'] / 1e6:.2f} M | {r['step']:.3f} | {r['cut']} |", flush=True)
         yield key, r
 
 

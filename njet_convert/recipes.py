@@ -75,6 +75,7 @@ class TrainSection:
     schedule: Literal["constant", "step", "multistep", "cosine", "poly"] = "constant"
     milestones: list[int] | None = None
     gamma: float = 0.1
+    sigma_max_step: float = 0.0  # octaves a σ may move per step (FinetuneConfig.sigma_max_step); the paper: no bound
 
 
 @dataclass

@@ -204,7 +204,7 @@ def test_quiet_prints_nothing_but_errors(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("options", [["--search-confidence", "-1"], ["--search-max-macs", "1M"],
-                                     ["--factor-hold", "0.7"]])
+                                     ["--factor-hold", "0.7"], ["--sigma-max-step", "-0.1"]])
 def test_a_bad_fine_tuning_option_is_refused_before_conversion(tmp_path, monkeypatch, capsys, options) -> None:
     from njet_convert import cli
     from njet_convert.cli import run

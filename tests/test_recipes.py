@@ -94,6 +94,8 @@ def test_recipe_training_settings_are_ones_the_trainer_follows(name):
     train = load_recipe(name).train
     assert (config.optimizer, config.schedule, config.lr) == (train.optimizer, train.schedule, train.lr)
     assert config.milestones == tuple(train.milestones or ())
+    assert config.sigma_max_step == train.sigma_max_step == 0.0  # the paper's optimisation: no σ step bound
+    assert config_from_args(parser.parse_args([name, "--sigma-max-step", "0.05"])).sigma_max_step == 0.05
 
 
 @pytest.mark.parametrize(("patch", "key"), [

@@ -42,7 +42,8 @@ def recipe_defaults(recipe: Any, parser: argparse.ArgumentParser) -> dict[str, A
     dests = {a.dest: a for a in parser._actions}
     train = recipe.train
     if train is not None:
-        for key in ("optimizer", "lr", "alpha_decay", "weight_decay", "batch_size", "epochs", "milestones", "gamma"):
+        for key in ("optimizer", "lr", "alpha_decay", "weight_decay", "batch_size", "epochs", "milestones", "gamma",
+                    "sigma_max_step"):
             if key in dests:
                 values[key] = getattr(train, key)
         values["momentum"] = train.momentum  # no options of their own: read by config_from_args

@@ -59,6 +59,7 @@ class RunProgress:
     resolution_search: list[dict[str, Any]] | None = None  # the stages' choices, once the search has run
     stages_before: list[dict[str, Any]] = field(default_factory=list)  # σ and factor per subsampling point
     stage_history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: step, stages, map size per point
+    sigma_steps_bounded: int = 0  # optimiser steps in which FinetuneConfig.sigma_max_step cut some σ back
 
     def payload(self) -> dict[str, Any]:
         """The checkpoint keys of this progress (``partial`` is gathered over ranks by the caller)."""
@@ -68,6 +69,7 @@ class RunProgress:
             "feature_sizes_before": self.sizes_before, "val_before": self.val_before,
             "multiply_adds_before": self.macs_before, "resolution_search": self.resolution_search,
             "stages_before": self.stages_before, "stage_history": self.stage_history,
+            "sigma_steps_bounded": self.sigma_steps_bounded,
         }
 
     @classmethod
@@ -81,6 +83,7 @@ class RunProgress:
             sizes_before=dict(state.get("feature_sizes_before", {})), macs_before=state.get("multiply_adds_before"),
             val_before=state.get("val_before"), resolution_search=state.get("resolution_search"),
             stages_before=list(state.get("stages_before", [])), stage_history=list(state.get("stage_history", [])),
+            sigma_steps_bounded=int(state.get("sigma_steps_bounded", 0)),
         )
         partial = state.get("partial")
         if partial is not None and len(partial) == world_size:

@@ -43,6 +43,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     g.add_argument("--sigma-lr", type=float, default=None, help="learning rate of σ (default: --lr)")
     g.add_argument("--sigma-delay-epochs", type=float, default=0.0, metavar="E",
                    help="hold σ for the first E epochs while α adapts to the new data or head (default 0)")
+    g.add_argument("--sigma-max-step", type=float, default=FinetuneConfig.sigma_max_step, metavar="OCT",
+                   help="the most any σ may move in one optimiser step, in octaves (default 0.02; 0: no bound)")
     g.add_argument("--resolution-search", action="store_true",
                    help="when σ is released, choose each stage's octave of σ and subsampling factor by the loss "
                         "(a converted network absorbing a zoom: docs/design.md)")
@@ -104,6 +106,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     return FinetuneConfig(
         optimizer=args.optimizer, lr=args.lr, sigma_lr=args.sigma_lr, alpha_decay=args.alpha_decay,
         sigma_delay_epochs=getattr(args, "sigma_delay_epochs", 0.0),
+        sigma_max_step=getattr(args, "sigma_max_step", FinetuneConfig.sigma_max_step),
         resolution_search=getattr(args, "resolution_search", False),
         search_batchnorm=getattr(args, "search_batchnorm", "batch"),
         search_max_macs=getattr(args, "search_max_macs", None),

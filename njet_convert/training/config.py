@@ -57,6 +57,11 @@ class FinetuneConfig:
     (and 1 % of the loss): the choice is made on a few hundred examples, and a gain within their noise is not
     one (0 turns the test off).
 
+    ``sigma_max_step``: the most any σ may move in one optimiser step, in octaves (default 0.02; ``None`` or 0:
+    no bound; :mod:`njet_convert.training.sigma_step`). The loss of a converted network is steep along log σ: one
+    step at σ lr 0.01 moved a converted layer's σ by a fifth of an octave, α no longer matched the filter and σ
+    ran to its bounds. Steps below the bound are the optimiser's own.
+
     ``factor_hold``: octaves (in [0, 0.5)) within which every converted subsampling point holds its factor on its
     stride's power-of-two ladder (``SafeSubsample.hold_factor_``: a regular ``nearest`` grid while σ drifts a
     little; default 0.25, a quarter octave); 0 turns the hold off, ``None`` leaves each point's own setting.
@@ -73,6 +78,7 @@ class FinetuneConfig:
     alpha_decay: float = 1e-4
     sigma_decay: float = 0.0
     sigma_delay_epochs: float = 0.0  # σ held (lr 0) for this many epochs while α adapts, then on the schedule
+    sigma_max_step: float | None = 0.02  # octaves any σ may move in one optimiser step (None or 0: no bound)
     resolution_search: bool = False
     search_octaves: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
     search_batches: int = 4
@@ -122,6 +128,10 @@ class FinetuneConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        step = self.sigma_max_step
+        if step is not None and (isinstance(step, bool) or not (isinstance(step, int | float) and step >= 0 and
+                                                                math.isfinite(step))):
+            raise ValueError(f"sigma_max_step must be a finite number of octaves >= 0 (0: no bound), got {step!r}")
         hold = self.factor_hold
         if hold is not None and (isinstance(hold, bool) or not (isinstance(hold, int | float) and 0 <= hold < 0.5)):
             raise ValueError(f"factor_hold must be a number of octaves in [0, 0.5), got {self.factor_hold!r}")

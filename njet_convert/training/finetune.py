@@ -50,6 +50,7 @@ from .plots import feature_sizes, sigma_values, write_plots
 from .precision import fp32_njet_kernels, resolve_precision
 from .resolution import multiply_adds, resolution_health, resolution_lines, stage_table
 from .resolution_search import converted_points, hold_factors, resolution_stages, search_resolution
+from .sigma_step import SigmaStepBound
 
 __all__ = ["FinetuneResult", "NonFiniteLossError", "evaluate", "finetune"]
 
@@ -172,6 +173,7 @@ class _Trainer:
             raise ValueError("train_data yields no batch (fewer samples than one batch per rank?)")
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, self.steps_per_epoch, epochs, config)
+        self.sigma_bound = SigmaStepBound(self.optimizer, config.sigma_max_step) if config.sigma_max_step else None
         self.scaler = self.precision.scaler()
         self.progress = RunProgress()
         self.probe: Tensor | None = None
@@ -252,12 +254,22 @@ class _Trainer:
             if self.config.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            self.scaler.step(self.optimizer)
+            self._bounded_step()
             self.scaler.update()
             self.scheduler.step()
         target = y if y is not None else ref.argmax(1)  # type: ignore[union-attr]
         hits = top1_correct(logits.detach(), target) if target.dim() == logits.dim() - 1 else (0, 0)
         return value, x.shape[0], hits
+
+    def _bounded_step(self) -> None:
+        """The optimiser's step, with every σ's move held to ``sigma_max_step`` octaves (counted when it cuts)."""
+        if self.sigma_bound is None:
+            self.scaler.step(self.optimizer)
+            return
+        self.sigma_bound.before()
+        self.scaler.step(self.optimizer)
+        if self.sigma_bound.after():
+            self.progress.sigma_steps_bounded += 1
 
     # -- resolution search ----------------------------------------------------------------------------------
     def _release_sigma_when_due(self) -> None:
@@ -478,6 +490,7 @@ class _Trainer:
         self._record_sigma()
         row.update({f"sigma/{k}": v for k, v in p.sigma_history[-1].items()})
         row.update(self._resolution_row())
+        self._note_sigma_bound(row)
         p.epoch += 1
         p.step_in_epoch = 0
         p.partial = [0.0, 0, 0, 0]
@@ -487,6 +500,18 @@ class _Trainer:
         val_text = "; val " + format_metrics(row["val"]) if "val" in row else ""
         self._say(f"epoch {p.epoch}/{self.epochs}: train loss {row['train_loss']:.4f}{acc}{val_text}")
         self._save()
+
+    def _note_sigma_bound(self, row: dict[str, Any]) -> None:
+        """``sigma_steps_bounded`` (steps so far in which the σ step bound cut a σ back) in the row; said when the
+        bound cut this epoch, since it means σ's gradient asked for more than ``sigma_max_step`` allows."""
+        if self.sigma_bound is None:
+            return
+        before = next((r["sigma_steps_bounded"] for r in reversed(self.progress.history)
+                       if "sigma_steps_bounded" in r), 0)
+        row["sigma_steps_bounded"] = total = self.progress.sigma_steps_bounded
+        if total > before:
+            self._say(f"σ step bound: {total - before} step(s) this epoch moved some σ by more than "
+                      f"{self.config.sigma_max_step:g} octave and were cut back")
 
     def _diverged(self, what: str | None = None) -> None:
         p = self.progress
