@@ -25,7 +25,7 @@ import argparse
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +61,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(steps: dict[str, Callable[[], object]], rounds: int, device: torch.device) -> dict[str, float]:
+def time_interleaved(steps: Mapping[str, Callable[[], object]], rounds: int, device: torch.device) -> dict[str, float]:
     """Median seconds per call of each step, measured in interleaved rounds after one warm-up call each."""
     for step in steps.values():
         step()
@@ -89,12 +89,12 @@ def bench_layer(case: Case, device: torch.device, rounds: int, max_gmacs: float)
     """Seconds per forward+backward of the k×k conv and each N-Jet variant (``None``: skipped, too slow)."""
     c, k = case.channels, case.conv_kernel
     x = torch.randn(case.batch, c, case.size, case.size, device=device, requires_grad=True)
-    modules: dict[str, nn.Module] = {"conv": nn.Conv2d(c, c, k, padding=k // 2, bias=False)}
-    for impl in ("dense", "separable", "auto"):
-        modules[impl] = NJetConv2d(c, c, order=case.order, sigma=case.sigma, impl=impl)  # type: ignore[arg-type]
-    auto = modules["auto"].to(device).train()
-    choice = auto.chosen_impl(x)  # type: ignore[operator]  # under --autotune: timed here, once per shape
-    kernel = auto.kernel_size  # type: ignore[union-attr]
+    njet = {impl: NJetConv2d(c, c, order=case.order, sigma=case.sigma, impl=impl)
+            for impl in ("dense", "separable", "auto")}
+    modules: dict[str, nn.Module] = {"conv": nn.Conv2d(c, c, k, padding=k // 2, bias=False), **njet}
+    auto = njet["auto"].to(device).train()
+    choice = auto.chosen_impl(x)  # under --autotune: timed here, once per shape
+    kernel = auto.kernel_size
     skip = {"auto"} if choice in ("dense", "separable") else set()
     if 3.0 * case.batch * case.size**2 * c * c * kernel**2 / 1e9 > max_gmacs:
         skip.add("dense")
@@ -114,7 +114,7 @@ class _BasicBlock(nn.Module):
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
         self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
-        self.short = nn.Identity()
+        self.short: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
@@ -253,11 +253,11 @@ def main(argv: list[str] | None = None) -> None:
             )
     for net in args.nets:
         size, batch = (32, args.step_batch) if net == "resnet32" else (args.mobilenet_size, args.mobilenet_batch)
-        r = bench_step(net, size, batch, device, args.rounds)
+        step = bench_step(net, size, batch, device, args.rounds)
         print(f"\n| {net} ({size}×{size}, batch {batch}) | ms / training step | ratio |")
         print("|---|---|---|")
-        for label, seconds in r.items():
-            print(f"| {label} | {seconds * 1e3:.1f} | {seconds / r['original']:.2f} |", flush=True)
+        for label, seconds in step.items():
+            print(f"| {label} | {seconds * 1e3:.1f} | {seconds / step['original']:.2f} |", flush=True)
     print(f"\ntotal {time.perf_counter() - start:.0f} s, load={_load()}")
 
 
