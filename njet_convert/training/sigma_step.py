@@ -45,17 +45,21 @@ class SigmaStepBound:
 
     @torch.no_grad()
     def after(self) -> int:
-        """Cut back every σ that moved further than the bound; returns how many entries were cut."""
-        cut = 0
-        for group, param, start in self._start:
-            delta = param - start
-            kept = delta.clamp(-self.limit, self.limit)
-            mask = kept != delta
-            if bool(mask.any()):
-                param.copy_(start + kept)
-                self._match_momentum(group, param, kept, mask)
-                cut += int(mask.sum())
-        self._start = []
+        """Cut back every σ that moved further than the bound; returns how many entries were cut. All σ are checked
+        in one pass, so a step costs one host sync however many layers the network has."""
+        start, self._start = self._start, []
+        if not start:
+            return 0
+        delta = torch.cat([(p - s0).reshape(-1) for _, p, s0 in start])
+        kept = delta.clamp(-self.limit, self.limit)
+        mask = kept != delta
+        cut = int(mask.sum())
+        if cut:
+            sizes = [s0.numel() for _, _, s0 in start]
+            for (group, param, s0), k, m in zip(start, kept.split(sizes), mask.split(sizes), strict=True):
+                if bool(m.any()):
+                    param.copy_(s0 + k.view_as(param))
+                    self._match_momentum(group, param, k.view_as(param), m.view_as(param))
         return cut
 
     def _match_momentum(self, group: dict, param: torch.nn.Parameter, step: torch.Tensor,
