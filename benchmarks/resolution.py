@@ -11,6 +11,9 @@ The paper's claim (Exp. 1.2A): trained on MNIST at 1×, 1.5× and 2× size, the 
   search (``FinetuneConfig.resolution_search``: per stage the octave of σ and subsampling factor of lowest training
   loss), then σ learned;
 - ``--models order3-search``: the order-3 conversion (the first row's) with the search (the second row's);
+- ``--models frozen``: the control, the CNN converted losslessly with σ frozen, so the original's filters and
+  feature-map sizes (its flattened map pinned like the others') fine-tuned the same way: what the task gives
+  without any resolution learning;
 - the zoo's N-Jet toy net (``njet_mnist_toy2``: 2 N-Jet layers, σ initialised to 1, the paper's unshifted law),
   trained from scratch the same way.
 
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sigma-delay", type=float, default=0.0, metavar="EPOCHS",
                         help="epochs σ is held (and the search waits): FinetuneConfig.sigma_delay_epochs")
-    parser.add_argument("--models", nargs="+", choices=("order3", "search", "order3-search", "toy"),
+    parser.add_argument("--models", nargs="+", choices=("order3", "search", "order3-search", "frozen", "toy"),
                         default=["order3", "search", "toy"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -152,6 +155,10 @@ def main(argv: list[str] | None = None) -> None:
             converted, _ = njet_convert.convert(original, input_size=(1, 28, 28))
             rows.append({**_run("order 3 + resolution search", converted, data, args.epochs, searched),
                          "scale": scale, "px": px})
+        if "frozen" in args.models:
+            frozen, _ = njet_convert.convert(original, order="exact", learn_sigma=False, input_size=(1, 28, 28))
+            rows.append({**_run("exact, σ frozen (control)", frozen, data, args.epochs, cfg), "scale": scale,
+                         "px": px})
         if "toy" in args.models:
             torch.manual_seed(args.seed)
             rows.append({**_run("N-Jet toy net (scratch)", _toy(), data, args.toy_epochs, cfg), "scale": scale,

@@ -200,6 +200,21 @@ def test_candidate_sigmas_cover_both_filter_sizes():
     assert 0.42 in sigmas and radii.count(1) >= 6 and radii.count(2) == 6 and set(radii) == {1, 2}
 
 
+@pytest.mark.parametrize("size", [3, 5])
+def test_plain_fit_sigmas_stay_inside_the_support_edge(size):
+    """The plain fit's σ grid does not put σ₀ on a filter-size edge: one bounded fine-tuning step up
+    (``sigma_max_step``, 0.02 octave) must not make a 3×3 or 5×5 layer's filter a ring larger (the margin is 5 % of
+    each size's σ interval, so it is less than a step from 9×9 filters on)."""
+    from njet_convert.fitting.sigma_search import default_sigma_grid
+
+    radius, step = (size - 1) // 2, 2.0 ** 0.02
+    grid = default_sigma_grid(radius, 2.0)
+    assert {filter_radius(s, 2.0) for s in grid} == {radius, radius + 1}
+    assert all(filter_radius(s * step, 2.0) == filter_radius(s, 2.0) for s in grid), grid
+    fit = fit_kernels(torch.randn(8, 4, size, size), 3, 2.0)
+    assert filter_radius(fit.sigma * step, 2.0) == filter_radius(fit.sigma, 2.0)
+
+
 def test_calibration_keeps_safe_subsampling_factors_when_sigma_moves():
     import njet_convert
     from njet_convert.fitting import calibrate
