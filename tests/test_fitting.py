@@ -206,8 +206,9 @@ def test_plain_fit_sigmas_stay_inside_the_support_edge(size):
     (``sigma_max_step``, 0.02 octave) must not make a 3×3 or 5×5 layer's filter a ring larger (the margin is 5 % of
     each size's σ interval, so it is less than a step from 9×9 filters on)."""
     from njet_convert.fitting.sigma_search import default_sigma_grid
+    from njet_convert.training import FinetuneConfig
 
-    radius, step = (size - 1) // 2, 2.0 ** 0.02
+    radius, step = (size - 1) // 2, 2.0 ** FinetuneConfig().sigma_max_step
     grid = default_sigma_grid(radius, 2.0)
     assert {filter_radius(s, 2.0) for s in grid} == {radius, radius + 1}
     assert all(filter_radius(s * step, 2.0) == filter_radius(s, 2.0) for s in grid), grid
