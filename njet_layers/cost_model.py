@@ -14,7 +14,11 @@ CPU (the project's 2-core AVX-512 machine, float32, forward + backward against `
   index sets and both σ (``python benchmarks/layer_speed.py --quick --threads 2 --rounds 20``, twice). The earlier
   fit, 1.6, came from a quieter run of the previous path on a host that ran it ~1.3× faster; hosts differ that much,
   which is what ``set_autotune`` (:mod:`njet_layers.autotune`) is for. At batch 1 and at 32 channels the path runs
-  slower than the multiply-add model predicts (per-call and per-pixel overheads it does not carry);
+  slower than the multiply-add model predicts (per-call and per-pixel overheads it does not carry). Since
+  2026-12-07 the jet's combine multiplies only its pairs and is counted so (order 3 at σ = 1: 1.39× the conv's
+  multiply-adds); on that day's Intel host it ran 2.9–3.0× the conv (``κ`` ≈ 2.1, unchanged) and the tensor basis
+  2.0–2.2× (``κ`` ≈ 1.7–1.8; ``python benchmarks/layer_speed.py --sizes 32 112 --batches 1 32 --bases 2 3 4 2x2
+  --sigmas 1 4 --rounds 7 --nets``), so the factor stays;
 * ``basis_first`` ``κ = 5``, ``fft`` ``κ = 19`` (per complex multiply-add) and ``κ_T = 8`` (filter transforms):
   measured for those paths when they were written (see :mod:`njet_layers.dispatch`).
 

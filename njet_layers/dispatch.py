@@ -97,7 +97,7 @@ def separable_cost(
     n_x, n_y = axis_orders(order)
     k_y, k_x = (min(s, SEPARABLE_TILE + 2 * radius) for s in size)
     passes = (n_x + 1) * k_x * in_channels + (n_y + 1) * k_y * out_channels
-    return kappa * ((n_x + 1) * (n_y + 1) * in_channels * out_channels + passes)  # the combine includes zero pairs
+    return kappa * (basis_size(order) * in_channels * out_channels + passes)  # the combine: the index set's pairs
 
 
 def impl_costs(

@@ -3,10 +3,11 @@
 Why: every basis filter is ``g_j(y) · g_i(x)``, so ``F = Σ_{i,j} α[o, c, (i, j)] g_j(y) g_i(x)`` can be applied as
 
 1. along x, per input channel: ``X_i = g_i(x) ⋆ x`` for the ``I = n_x + 1`` horizontal orders;
-2. the combine, a ``1×1`` product: ``Z_j[o] = Σ_{i, c} α[o, c, (i, j)] X_i[c]`` — ``I · J · C_in · C_out``
-   multiply-adds per pixel: exactly the original conv's count for a tensor basis of the kernel's own size; for
-   the jet the pairs outside ``i + j ≤ n`` are multiplied as zeros (16/10 of the ``M = 10`` filters at order 3),
-   because one ``1×1`` convolution over all of ``X`` runs faster here than one over each ``j``'s prefix of it;
+2. the combine, a ``1×1`` product: ``Z_j[o] = Σ_{i, c} α[o, c, (i, j)] X_i[c]`` — ``M · C_in · C_out``
+   multiply-adds per pixel for the ``M`` filters of the index set: exactly the original conv's count for a tensor
+   basis of the kernel's own size; for the jet each ``j`` pairs with a prefix ``i ≤ n − j`` of ``X``'s channels
+   (:func:`combine_prefixes`), and only that prefix is multiplied (until 2026-12-07 the pairs outside ``i + j ≤
+   n`` were multiplied as zeros, 16 products for the 10 filters at order 3);
 3. along y, per output channel: ``out[o] = Σ_j g_j(y) ⋆ Z_j[o]`` (``J = n_y + 1`` passes, summed).
 
 Unlike :mod:`njet_layers.basis_first` no ``M × C_in`` intermediate is formed: the kept maps are ``I · C_in`` (X)
@@ -16,16 +17,18 @@ not grow with σ (docs/design.md, "Basis index sets").
 Layout (why it is fast in eager PyTorch): everything is pixel-major (channels-last), so each stage is one large
 library call with no layout copy. With the input as ``[N, H, W, C]``, the horizontal pass is a product per tile of
 output columns, ``T_x [(W'_tile · I), W_band] @ x[n, h] [W_band, C]`` (rows ordered ``(w', i)``: a banded Toeplitz
-matrix carrying padding, stride and crop), giving ``X`` as ``[N, H, W', (I·C)]``; the combine is a ``1×1``
-convolution per ``j`` of ``X`` with α (zeros where the index set has no pair), ``Z_j [N, H, W', C_out]`` — run by
-the convolution library, which on the project's CPU runs these shapes 1.3–1.7× faster than a BLAS product (forward
-alone up to 2.6×; ``benchmarks/combine_throughput.py``); the vertical pass is ``T_y[j] [H', H] @ Z_j[n] [H,
-(W'·C_out)]`` per image (one batched product, accumulated over ``j``), whose result ``[N, H', W', C_out]`` is the
-channels-last output. Long axes are cut into tiles of output rows or columns (``SEPARABLE_TILE``) so each Toeplitz
-block is ``tile + 2R`` wide. The backward pass is written out: the vertical products transposed, the combine's input
-gradient as one ``1×1`` convolution of all ``dZ_j`` side by side and its weight gradient from the convolution
-library, the horizontal products transposed. It keeps ``x``, ``X`` and ``Z``; in training ``X`` and the joint
-``dZ`` come from a :class:`Workspace` the layer reuses across steps.
+matrix carrying padding, stride and crop), giving ``X`` as ``[N, H, W', (I·C)]``; the combine gives ``Z_j [N, H, W',
+C_out]``: for a tensor basis a ``1×1`` convolution per ``j`` of ``X`` with α — the convolution library ran these
+shapes 1.3–1.7× faster than a BLAS product on the AMD host of 2026-12-06 and as fast on the Intel host of 2026-12-07
+(``benchmarks/combine_throughput.py``) — and for the jet a BLAS product per ``j`` over the prefix of ``X``'s
+channels it pairs with, read in place (a 1×1 convolution of a channel slice would copy it); the vertical pass is
+``T_y[j] [H', H] @ Z_j[n] [H, (W'·C_out)]`` per image (one batched product, accumulated over ``j``), whose result
+``[N, H', W', C_out]`` is the channels-last output. Long axes are cut into tiles of output rows or columns
+(``SEPARABLE_TILE``) so each Toeplitz block is ``tile + 2R`` wide. The backward pass is written out: the vertical
+products transposed, the combine's gradients (for a tensor basis the input gradient as one ``1×1`` convolution of
+all ``dZ_j`` side by side and the weight gradient from the convolution library; for the jet the same products over
+each ``j``'s prefix), the horizontal products transposed. It keeps ``x``, ``X`` and ``Z``; in training ``X``, the
+joint ``dZ`` and the jet's ``dX`` come from a :class:`Workspace` the layer reuses across steps.
 
 Groups: ``groups == 1`` only; other groupings use :mod:`njet_layers.basis_first`.
 """
@@ -43,7 +46,7 @@ from .axis_filters import axis_filters
 from .basis import BasisOrder, axis_orders, basis_orders
 from .basis_first import BasisFirstPlan, band_tiles, toeplitz_1d
 
-__all__ = ["SEPARABLE_TILE", "Workspace", "separable_conv2d", "supports_separable"]
+__all__ = ["SEPARABLE_TILE", "Workspace", "combine_prefixes", "separable_conv2d", "supports_separable"]
 
 SEPARABLE_TILE = 16  # output rows/columns per Toeplitz block (measured: 16 beat 8 and 32 on the project's CPU)
 
@@ -125,6 +128,62 @@ def _conv1x1_weight_grad(grad: Tensor, x: Tensor, weight: Tensor) -> Tensor:
     return g_weight.view_as(weight)
 
 
+def combine_prefixes(order: BasisOrder) -> tuple[int, ...] | None:
+    """Per vertical order ``j``, how many horizontal orders the index set pairs with it (``i < prefixes[j]``);
+    ``None`` when every ``j`` takes all of them (a tensor basis).
+
+    Why: the jet's pairs ``i + j ≤ n`` are, for each ``j``, a prefix of ``X``'s channels, so its combine multiplies
+    only those (10 of 16 products at order 3) as matrix products that read the prefix in place: the row stride is the
+    product's leading dimension, so nothing is copied.
+    """
+    n_x, n_y = axis_orders(order)
+    pairs = basis_orders(order)
+    prefixes = tuple(1 + max(i for i, jj in pairs if jj == j) for j in range(n_y + 1))
+    return None if all(k == n_x + 1 for k in prefixes) else prefixes
+
+
+def _combine(x4: Tensor, a: Tensor, num_j: int, c: int, prefixes: tuple[int, ...] | None) -> list[Tensor]:
+    """``Z_j [N, H, W', O]`` (contiguous) of ``X = x4 [N, H, W', I·C]`` and the combine weight ``a [J·O, I·C]``."""
+    out_ch = a.shape[0] // num_j
+    if prefixes is None:
+        xv = x4.permute(0, 3, 1, 2)
+        return [_conv1x1(xv, a[j * out_ch:(j + 1) * out_ch]).permute(0, 2, 3, 1).contiguous() for j in range(num_j)]
+    xm = x4.reshape(-1, x4.shape[-1])
+    return [torch.mm(xm[:, :k * c], a[j * out_ch:(j + 1) * out_ch, :k * c].t()).view(*x4.shape[:3], out_ch)
+            for j, k in enumerate(prefixes)]
+
+
+def _combine_weight_grad(g_j4: Tensor, x4: Tensor, a: Tensor, c: int, prefixes: tuple[int, ...] | None) -> Tensor:
+    """``dL/da`` of :func:`_combine` from ``dL/dZ`` side by side, ``g_j4 [N, H, W', J·O]``."""
+    if prefixes is None:
+        return _conv1x1_weight_grad(g_j4.permute(0, 3, 1, 2), x4.permute(0, 3, 1, 2), a)
+    out_ch = a.shape[0] // len(prefixes)
+    g_m, xm = g_j4.reshape(-1, g_j4.shape[-1]), x4.reshape(-1, x4.shape[-1])
+    g_a = torch.zeros_like(a)
+    for j, k in enumerate(prefixes):
+        rows = slice(j * out_ch, (j + 1) * out_ch)
+        g_a[rows, :k * c] = torch.mm(g_m[:, rows].t(), xm[:, :k * c])
+    return g_a
+
+
+def _combine_input_grad(g_j4: Tensor, a: Tensor, c: int, prefixes: tuple[int, ...] | None, take: Any) -> Tensor:
+    """``dL/dX [N, H, W', I·C]`` of :func:`_combine` from ``dL/dZ`` side by side, ``g_j4 [N, H, W', J·O]``."""
+    if prefixes is None:
+        return _conv1x1(g_j4.permute(0, 3, 1, 2), a.t()).permute(0, 2, 3, 1)
+    out_ch = a.shape[0] // len(prefixes)
+    g_m = g_j4.reshape(-1, g_j4.shape[-1])
+    g_x: Tensor = take((g_m.shape[0], a.shape[1]), g_m)
+    first = 1 if prefixes[0] * c == a.shape[1] else 0  # the jet's j = 0 takes every horizontal order
+    if first:
+        torch.mm(g_m[:, :out_ch], a[:out_ch], out=g_x)
+    else:
+        g_x.zero_()
+    for j in range(first, len(prefixes)):
+        rows, cols = slice(j * out_ch, (j + 1) * out_ch), slice(0, prefixes[j] * c)
+        g_x[:, cols].addmm_(g_m[:, rows], a[rows, cols])
+    return g_x.view(*g_j4.shape[:3], a.shape[1])
+
+
 def _x_blocks(tx: Tensor, tile: int) -> list[tuple[int, int, int, int, Tensor]]:
     """Row tiles of the horizontal stage, ``(o_lo, o_hi, i_lo, i_hi, block)``: ``block [(o_hi - o_lo)·I, i_hi -
     i_lo]`` maps input columns to output columns × horizontal orders, rows ordered ``(w', i)``."""
@@ -196,26 +255,25 @@ class _Separable(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, ty: Tensor, tx: Tensor, a: Tensor, tile: int,
-                workspace: Workspace | None) -> Tensor:
+                workspace: Workspace | None, prefixes: tuple[int, ...] | None) -> Tensor:
         n, h, w, c = x.shape
         num_j, ho, num_i, wo = ty.shape[0], ty.shape[1], tx.shape[0], tx.shape[1]
         out_ch = a.shape[0] // num_j
         take = _taker(workspace)
         blocks = _x_blocks(tx, tile)
         xmaps = _horizontal(x.view(n * h, w, c), blocks, num_i, take((n * h, wo * num_i, c), x))
-        xv = xmaps.view(n, h, wo, num_i * c).permute(0, 3, 1, 2)
-        zmaps = [_conv1x1(xv, a[j * out_ch:(j + 1) * out_ch]).permute(0, 2, 3, 1).reshape(n, h, wo * out_ch)
-                 for j in range(num_j)]
+        x4 = xmaps.view(n, h, wo, num_i * c)
+        zmaps = [z.view(n, h, wo * out_ch) for z in _combine(x4, a, num_j, c, prefixes)]
         out = _vertical(zmaps, ty, tile, x.new_empty(n, ho, wo * out_ch))
         ctx.save_for_backward(x, xmaps, ty, tx, a, *zmaps)
-        ctx.meta = (tile, workspace, blocks)
+        ctx.meta = (tile, workspace, blocks, prefixes)
         return out.view(n, ho, wo, out_ch)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, xmaps, ty, tx, a, *zmaps = ctx.saved_tensors
-        tile, workspace, blocks = ctx.meta
+        tile, workspace, blocks, prefixes = ctx.meta
         need_x, need_ty, need_tx, need_a = ctx.needs_input_grad[:4]
         n, h, w, c = x.shape
         num_j, ho, num_i, wo = ty.shape[0], ty.shape[1], tx.shape[0], tx.shape[1]
@@ -224,15 +282,14 @@ class _Separable(torch.autograd.Function):
         gv = grad.contiguous().view(n, ho, wo * out_ch)
         g_joint = take((n, h, wo, num_j, out_ch), x)
         g_ty = _vertical_grads(gv, zmaps, ty, tile, g_joint, need_ty)
-        g_jv = g_joint.view(n, h, wo, num_j * out_ch).permute(0, 3, 1, 2)
-        xv = xmaps.view(n, h, wo, num_i * c).permute(0, 3, 1, 2)
-        g_a = _conv1x1_weight_grad(g_jv, xv, a) if need_a else None
+        g_j4, x4 = g_joint.view(n, h, wo, num_j * out_ch), xmaps.view(n, h, wo, num_i * c)
+        g_a = _combine_weight_grad(g_j4, x4, a, c, prefixes) if need_a else None
         g_x3 = g_tx = None
         if need_x or need_tx:
-            g_xm = _conv1x1(g_jv, a.t()).permute(0, 2, 3, 1).reshape(n * h, wo * num_i, c)
+            g_xm = _combine_input_grad(g_j4, a, c, prefixes, take).reshape(n * h, wo * num_i, c)
             g_x3, g_tx = _horizontal_grads(x.view(n * h, w, c), g_xm, blocks, tx, (need_x, need_tx))
         g_x = g_x3.view(n, h, w, c) if g_x3 is not None else None
-        return g_x, g_ty, g_tx, g_a, None, None
+        return g_x, g_ty, g_tx, g_a, None, None, None
 
 
 def separable_conv2d(
@@ -273,7 +330,8 @@ def separable_conv2d(
         tx = toeplitz_1d(g_x, w, list(plan.centers_x)).to(dtype)  # [I, W', W]
         a = _combine_weights(alpha.to(dtype), order)
         xt = x.to(dtype).permute(0, 2, 3, 1).contiguous()  # [N, H, W, C]: free for a channels-last input
-        out: Tensor = _Separable.apply(xt, ty, tx, a, tile, workspace)  # type: ignore[no-untyped-call]
+        prefixes = combine_prefixes(order)
+        out: Tensor = _Separable.apply(xt, ty, tx, a, tile, workspace, prefixes)  # type: ignore[no-untyped-call]
         if bias is not None:
             out = out + bias.to(dtype)
         return out.permute(0, 3, 1, 2)

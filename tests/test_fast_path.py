@@ -39,6 +39,7 @@ def _grads(layer: NJetConv2d, x: torch.Tensor, upstream: torch.Tensor) -> tuple[
         dict(in_channels=3, out_channels=5, sigma=0.5, stride=2, crop=1, bias=True),
         dict(in_channels=3, out_channels=4, sigma=0.5, crop=3),  # crop beyond the radius: trimmed output
         dict(in_channels=2, out_channels=3, sigma=4.0, stride=(2, 1), order=2),  # tiled Toeplitz blocks
+        dict(in_channels=4, out_channels=6, sigma=0.8, order=4),  # the jet's combine over five vertical orders
     ],
 )
 def test_fast_paths_match_dense(cfg: dict, impl: str) -> None:

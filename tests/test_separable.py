@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from njet_layers import NJetConv2d
+from njet_layers.basis import basis_size
 from njet_layers.dispatch import choose_impl
-from njet_layers.separable import Workspace, separable_conv2d
+from njet_layers.separable import Workspace, combine_prefixes, separable_conv2d
 
 
 @pytest.mark.parametrize(
@@ -17,6 +18,7 @@ from njet_layers.separable import Workspace, separable_conv2d
         dict(order=3, sigma=0.7),
         dict(order=(2, 1), sigma=0.9, stride=(2, 1), crop=1),
         dict(order=2, sigma=1.6),  # 9 px filters on a 9 px image: the band covers every column
+        dict(order=(2, 2), sigma=0.7),  # a tensor basis: the combine as 1x1 convolutions
     ],
 )
 def test_gradcheck(cfg: dict) -> None:
@@ -29,6 +31,22 @@ def test_gradcheck(cfg: dict) -> None:
 
     inputs = (x, *(p.detach().clone().requires_grad_() for p in (layer.alpha, layer.log_sigma, layer.bias)))
     assert torch.autograd.gradcheck(run, inputs)
+
+
+@pytest.mark.parametrize("order", [0, 1, 2, 3, 4, 6])
+def test_jet_combine_multiplies_only_its_pairs(order: int) -> None:
+    """Vertical order j of the jet pairs with the horizontal orders 0..order-j: a prefix, one pair per filter."""
+    prefixes = combine_prefixes(order)
+    if order == 0:
+        assert prefixes is None  # one filter: nothing to leave out
+    else:
+        assert prefixes == tuple(range(order + 1, 0, -1))
+        assert sum(prefixes) == basis_size(order)
+
+
+@pytest.mark.parametrize("order", [(2, 2), (2, 1), (0, 3)])
+def test_tensor_combine_takes_every_pair(order: tuple[int, int]) -> None:
+    assert combine_prefixes(order) is None
 
 
 def test_buffers_reused_across_steps_with_the_dense_gradients() -> None:
