@@ -362,3 +362,37 @@ def test_rescale_stage_makes_the_search_move_by_hand_and_the_search_agrees(exact
     assert factor_only.factor_after == pytest.approx(factor_only.factor_before / 2)
     with pytest.raises(ValueError, match="finite"):
         rescale_stage(exact_cnn, stages[0], math.nan)
+
+
+@pytest.fixture()
+def jet_cnn():
+    from njet_convert.models.real_weights import load_mnist_cnn
+
+    return njet_convert.convert(load_mnist_cnn(), order=3, input_size=(1, 28, 28), progress=False)[0]
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(model.eval()(x).argmax(1).eq(y).float().mean())
+
+
+def test_a_jet_stage_moves_as_a_scale_its_alpha_refitted_to_the_dilated_kernel(jet_cnn, digits) -> None:
+    """The order-3 jet's σ doubled with α kept is not its filter dilated (21 % on 2× digits); refitted it is."""
+    x, y = _zoomed(digits[0], 2.0), digits[1]
+    stages = resolution_stages(jet_cnn, x[:2])
+    layer = dict(jet_cnn.named_modules())[stages[0].layers[0]]
+    alpha_kept = layer.alpha.detach().clone()
+    before = _accuracy(jet_cnn, x, y)
+    rescale_stage(jet_cnn, stages[0], 1.0)
+    assert not torch.equal(layer.alpha.detach(), alpha_kept)
+    assert _accuracy(jet_cnn, x, y) > max(0.85, before + 0.2)
+
+
+def test_staying_leaves_a_jet_layers_alpha_exactly_as_it_was(jet_cnn, digits) -> None:
+    x = _zoomed(digits[0], 2.0)
+    stages = resolution_stages(jet_cnn, x[:2])
+    alphas = [m.alpha.detach().clone() for m in jet_cnn.modules() if isinstance(m, NJetConv2d)]
+    choices = search_resolution(jet_cnn, lambda model: 1.0, stages)  # every move ties: staying wins
+    assert all((c.sigma_octave, c.factor_octave) == (0.0, 0.0) for c in choices)
+    after = [m.alpha.detach() for m in jet_cnn.modules() if isinstance(m, NJetConv2d)]
+    assert all(torch.equal(a, b) for a, b in zip(alphas, after, strict=True))

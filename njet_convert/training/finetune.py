@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from njet_layers import SafeSubsample, autotuning
+from njet_layers import NJetConv2d, SafeSubsample, autotuning
 
 from ..errors import first_line
+from ..fitting.dilation import dilates_by_refit
 from .checkpoint import (
     CHECKPOINT_NAME,
     RunProgress,
@@ -49,7 +50,7 @@ from .optim import build_optimizer, build_scheduler
 from .plots import feature_sizes, sigma_values, write_plots
 from .precision import fp32_njet_kernels, resolve_precision
 from .resolution import multiply_adds, resolution_health, resolution_lines, stage_table
-from .resolution_search import converted_points, hold_factors, resolution_stages, search_resolution
+from .resolution_search import StageChoice, converted_points, hold_factors, resolution_stages, search_resolution
 from .sigma_step import SigmaStepBound
 
 __all__ = ["FinetuneResult", "NonFiniteLossError", "evaluate", "finetune"]
@@ -296,6 +297,7 @@ class _Trainer:
                                     batch_statistics=cfg.search_batchnorm == "batch", cost=cost,
                                     max_cost=cfg.search_max_macs, confidence=cfg.search_confidence)
         self._forget_sigma_momentum()
+        self._forget_refitted_alpha_momentum(choices)
         p.resolution_search = [c.as_dict() for c in choices]
         budget = (self._budget_note(cost(self.model), cfg.search_max_macs)
                   if cost is not None and cfg.search_max_macs is not None else "")
@@ -335,6 +337,18 @@ class _Trainer:
             if group.get("name") == "sigma":
                 for param in group["params"]:
                     self.optimizer.state.pop(param, None)
+
+    def _forget_refitted_alpha_momentum(self, choices: list[StageChoice]) -> None:
+        """α of a jet layer the search moved by whole octaves was refitted to the dilated kernel: its optimiser
+        state points at the α it replaced, so drop it."""
+        modules = dict(self.model.named_modules())
+        for choice in choices:
+            if choice.sigma_octave == 0.0:
+                continue
+            for name in choice.stage.layers:
+                layer = modules[name]
+                if isinstance(layer, NJetConv2d) and dilates_by_refit(layer):
+                    self.optimizer.state.pop(layer.alpha, None)
 
     # -- set-up and results ---------------------------------------------------------------------------------
     def _start(self, state: dict[str, Any] | None) -> None:

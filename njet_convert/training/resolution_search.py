@@ -9,7 +9,8 @@ and its subsampling factor together gives the layers after it the sizes and the 
 A *stage* is the N-Jet layers that run between two subsampling points, closed by the second one (the last stage may
 end without a point). :func:`search_resolution` walks the stages in network order and tries, per stage, multiplying
 every σ in it and the factor of the point that closes it by ``2 ** octave`` for each candidate octave (the
-scale-space move: the filters dilated, the map shrunk by as much), and the factor alone (σ kept: where σ cannot
+scale-space move: the filters dilated — α kept on a tensor basis, refitted to the dilated kernel on an over-complete
+jet, :mod:`njet_convert.fitting.dilation` — the map shrunk by as much), and the factor alone (σ kept: where σ cannot
 follow, a 0.5× input asking for σ below its bound); it keeps the move of lowest loss on the given batches (staying
 unless another move beats it by ``min_gain``) and goes on to the next stage. When the loss comes per example, a move
 must also beat staying by ``confidence`` standard errors of its paired drop (staying's loss minus the move's,
@@ -44,6 +45,7 @@ from torch import Tensor, nn
 
 from njet_layers import NJetConv2d, SafeSubsample
 
+from ..fitting.dilation import dilated_alpha, dilates_by_refit
 from .config import FinetuneConfig
 
 __all__ = ["DEFAULT_CONFIDENCE", "DEFAULT_OCTAVES", "CostFn", "LossFn", "Stage", "StageChoice", "converted_points",
@@ -164,7 +166,7 @@ def rescale_stage(model: nn.Module, stage: Stage, sigma_octave: float,
     modules = dict(model.named_modules())
     with _covariant_points(model):
         scaled, point = _scaled_modules(modules, stage), _stage_point(modules, stage)
-        start = {m: float(m.log_sigma.detach()) for m in scaled}
+        start = _Start.of(scaled)
         factor_before = point.factor if point is not None else None
         _apply(start, point, factor_before, move)
         return _choice(stage, move, scaled, start, point, factor_before)
@@ -235,7 +237,7 @@ def _search_stage(modules: dict[str, nn.Module], stage: Stage, loss: LossFn, mod
                   moves: Sequence[Move], min_gain: float, confidence: float,
                   budget: tuple[CostFn, float] | None) -> StageChoice:
     scaled, point = _scaled_modules(modules, stage), _stage_point(modules, stage)
-    start = {m: float(m.log_sigma.detach()) for m in scaled}
+    start = _Start.of(scaled)
     factor_before = point.factor if point is not None else None
     readings: dict[Move, Tensor | None] = {}
     costs: dict[Move, float] = {}
@@ -253,12 +255,13 @@ def _search_stage(modules: dict[str, nn.Module], stage: Stage, loss: LossFn, mod
                    {m: z for m, z in z_scores.items() if math.isfinite(z)})
 
 
-def _choice(stage: Stage, move: Move, scaled: list[nn.Module], start: dict[nn.Module, float],
+def _choice(stage: Stage, move: Move, scaled: list[nn.Module], start: _Start,
             point: SafeSubsample | None, factor_before: float | None, losses: dict[Move, float] | None = None,
             costs: dict[Move, float] | None = None, z_scores: dict[Move, float] | None = None) -> StageChoice:
     """The record of ``move`` made on ``stage`` (σ of its first layer and its point's factor, before → after)."""
     first = scaled[0] if scaled else None
-    sigma = (math.exp(start[first]), float(first.sigma.detach())) if first is not None else (math.nan, math.nan)
+    sigma = ((math.exp(start.log_sigma[first]), float(first.sigma.detach())) if first is not None else
+             (math.nan, math.nan))
     keyed = [{f"{a:g}/{b:g}": v for (a, b), v in (table or {}).items()} for table in (losses, costs, z_scores)]
     return StageChoice(stage, move[0], move[1], *sigma, factor_before, point.factor if point is not None else None,
                        *keyed)
@@ -301,8 +304,7 @@ def _paired_z(stay: Tensor | None, move: Tensor | None) -> float:
     return mean / spread
 
 
-def _apply(start: dict[nn.Module, float], point: SafeSubsample | None, factor: float | None,
-           move: Move) -> None:
+def _apply(start: _Start, point: SafeSubsample | None, factor: float | None, move: Move) -> None:
     """σ of the stage ``move[0]`` octaves from its start, the point's factor ``move[1]`` octaves from ``factor``."""
     _set_octave(start, move[0])
     if point is not None and factor is not None:
@@ -330,8 +332,35 @@ def _scaled_modules(modules: dict[str, nn.Module], stage: Stage) -> list[nn.Modu
 
 
 @torch.no_grad()
-def _set_octave(start: dict[nn.Module, float], octave: float) -> None:
-    """log σ of each module at its start value + ``octave`` octaves, inside the module's σ bounds."""
-    for module, log_sigma in start.items():
+def _set_octave(start: _Start, octave: float) -> None:
+    """log σ of each module at its start value + ``octave`` octaves, inside the module's σ bounds; α of each jet
+    layer refitted so its kernel is the starting one dilated by as much (:mod:`njet_convert.fitting.dilation`)."""
+    for module, log_sigma in start.log_sigma.items():
         lo, hi = (math.log(b) for b in module.sigma_bounds)
         module.log_sigma.fill_(min(max(log_sigma + octave * math.log(2.0), lo), hi))
+        if module in start.alpha:
+            module.alpha.copy_(start.alpha_at(module, float(module.log_sigma)))
+
+
+@dataclass
+class _Start:
+    """Where a stage's modules start: log σ of each, and α of each jet layer (whose α a σ move refits)."""
+
+    log_sigma: dict[nn.Module, float]
+    alpha: dict[nn.Module, Tensor]
+    refits: dict[tuple[nn.Module, float], Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, modules: Sequence[nn.Module]) -> _Start:
+        jets = [m for m in modules if isinstance(m, NJetConv2d) and dilates_by_refit(m)]
+        return cls({m: float(m.log_sigma.detach()) for m in modules}, {m: m.alpha.detach().clone() for m in jets})
+
+    def alpha_at(self, layer: nn.Module, log_sigma: float) -> Tensor:
+        """α of ``layer`` at ``log_sigma``: its start α there, else its kernel dilated (computed once per σ)."""
+        start = self.log_sigma[layer]
+        if log_sigma == start:
+            return self.alpha[layer]
+        key = (layer, log_sigma)
+        if key not in self.refits:
+            self.refits[key] = dilated_alpha(layer, self.alpha[layer], math.exp(start), math.exp(log_sigma))
+        return self.refits[key]
