@@ -17,10 +17,13 @@ order 3 and 4 and the tensor basis of the kernel's own size (``order="exact"``),
 4. **the filter along σ**: ``|dW/dlog σ| / |W|`` at σ₀ (a sampled Gaussian derivative in the continuum: ~1), ``|α| /
    |W|`` (how much of the kernel is cancellation), and the relative residual of the best α refit of the original
    kernel at σ₀·e^(±δ) on the same support: 0 means α can undo *any* σ move exactly, so the loss along σ carries
-   no information about scale.
+   no information about scale;
+5. **σ as a scale, without training**: test digits (MobileNetV2: held-out photos, agreement with the original at
+   1×) at ``--scale``× as converted, with the first stage's σ and factor multiplied with α kept, and with the
+   resolution search's move (``rescale_stage``: α of an over-complete jet refitted to the dilated kernel).
 
     python benchmarks/sigma_gradients.py                  # MNIST CNN, ~5 min on 2 busy cores
-    python benchmarks/sigma_gradients.py --mobilenet      # also MobileNetV2: tables 1, 3 and 4 (+ ~5 min)
+    python benchmarks/sigma_gradients.py --mobilenet      # also MobileNetV2: tables 1, 3, 4 and 5 (+ ~7 min)
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from torch import Tensor, nn
 import njet_convert
 from njet_convert.data.opencv_digits import digits_split
 from njet_convert.models.real_weights import MNIST_MEAN, MNIST_STD, load_mnist_cnn
-from njet_convert.training.resolution_search import resolution_stages
+from njet_convert.training.resolution_search import rescale_stage, resolution_stages
 from njet_layers import NJetConv2d, SafeSubsample
 
 __all__ = ["alpha_undoes", "exact_convert", "filter_sensitivity", "gradient_table", "loss_along_octaves",
@@ -196,8 +199,11 @@ def _refit_residual(layer: NJetConv2d, weight: Tensor, sigma: float) -> float:
 def sigma_as_scale(original: nn.Module, model: nn.Module, x1: Tensor, xs: Tensor, y: Tensor, scale: float) -> dict:
     """Does σ act as a scale? Accuracy and agreement with the original at 1× of ``model`` shown ``scale``× images:
     as converted, and with the first N-Jet layer's σ and the subsampling it drives both multiplied by ``scale``
-    (the covariant law's answer to a zoom: the maps after that point get the original's sizes back)."""
+    (the covariant law's answer to a zoom: the maps after that point get the original's sizes back), α kept; and
+    the resolution search's move on the first stage (``rescale_stage``: every σ of the stage and its factor, α of
+    an over-complete jet refitted to the dilated kernel, docs/design.md "The jet's scale move")."""
     reference = original(x1).argmax(1)
+    original_model = copy.deepcopy(model).eval()
     model = copy.deepcopy(model).eval()
     out = {"as converted": _scores(model(xs), reference, y)}
     layer = _layers(model)[0][1]
@@ -206,6 +212,9 @@ def sigma_as_scale(original: nn.Module, model: nn.Module, x1: Tensor, xs: Tensor
     for point in points:
         point.start_at(point.anchor * scale)
     out["σ and factor ×scale"] = _scores(model(xs), reference, y)
+    moved = copy.deepcopy(original_model)
+    rescale_stage(moved, resolution_stages(moved, xs[:2])[0], math.log2(scale))
+    out["the search's move (α refitted where the jet is over-complete)"] = _scores(moved(xs), reference, y)
     return out
 
 
@@ -299,6 +308,33 @@ def _print_scale_table(original: nn.Module, models: dict, scale: float) -> None:
             print(f"| {basis} | {what} | {a:.1f} | {agree:.1f} |")
 
 
+def _print_mobilenet_scale_table(scale: float, count: int, size: int) -> None:
+    """σ as a scale on MobileNetV2: held-out photos at ``scale``× through each conversion (made at ``size`` px), top-1
+    agreement with the original on the same photos at ``size`` px (no labels: its ImageNet classes are the
+    reference)."""
+    from njet_convert.data.photos import heldout_photos
+    from njet_convert.models.real_weights import load_mobilenet_v2
+
+    original = load_mobilenet_v2().eval()
+    options = {"input_size": (3, size, size)}
+    photos = heldout_photos(count, size=size)
+    reference = original(photos).argmax(1)
+    itself = _agreement(original(_resized(photos, scale)), reference)
+    print(f"\n### MobileNetV2: σ as a scale — {count} held-out photos at {scale:g}×, agreement with the original "
+          f"at 1× ({size} px); the original itself at {scale:g}×: {itself:.1f} %\n")
+    print("| basis | σ, factor of the first stage | agreement with the original at 1× % |")
+    print("|---|---|---|")
+    for basis, order in (("jet 3", 3), ("jet 4", 4), ("tensor (exact)", "exact")):
+        model = njet_convert.convert(original, order=order, **options)[0]
+        scores = sigma_as_scale(original, model, photos, _resized(photos, scale), reference, scale)
+        for what, (_, agree) in scores.items():
+            print(f"| {basis} | {what} | {agree:.1f} |")
+
+
+def _agreement(logits: Tensor, reference: Tensor) -> float:
+    return 100.0 * float((logits.argmax(1) == reference).float().mean())
+
+
 def _resized(x: Tensor, scale: float) -> Tensor:
     if scale == 1.0:
         return x
@@ -359,6 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--scale", type=float, default=2.0, help="digit size the MNIST CNN is fine-tuned on")
     parser.add_argument("--mobilenet", action="store_true", help="also MobileNetV2 (real ImageNet weights)")
+    parser.add_argument("--photos", type=int, default=300, help="held-out photos of MobileNetV2's scale table")
+    parser.add_argument("--photo-size", type=int, default=112, help="their size at 1× (px)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -371,6 +409,8 @@ def main(argv: list[str] | None = None) -> None:
     _print_octave_table(f"MNIST CNN, opencv digits at {args.scale:g}×", models["tensor (exact)"], batches,
                         F.cross_entropy)
     if args.mobilenet:
+        with torch.no_grad():
+            _print_mobilenet_scale_table(args.scale, args.photos, args.photo_size)
         original, models, batches, loss_fn = _mobilenet_models(args.scale, min(args.batches, 4), 32)
         _print_tables(f"MobileNetV2, photos at {args.scale:g}× distilled to 1×", original, models, batches, loss_fn,
                       args, alpha_steps=False)
