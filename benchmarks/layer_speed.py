@@ -17,6 +17,7 @@ tensor-basis layer of its own kernel size (``order=(k-1, k-1)``; weights random:
     python benchmarks/layer_speed.py --quick             # 32², batch 32, σ 1 and 4, order 3 and (2, 2); ResNet-32
     python benchmarks/layer_speed.py                     # the full grid and both networks (~10 min, 2 threads)
     python benchmarks/layer_speed.py --device cuda       # the same on a GPU
+    python benchmarks/layer_speed.py --quick --channels-last --nets   # both the conv and N-Jet on channels-last input
 """
 
 from __future__ import annotations
@@ -85,10 +86,13 @@ def _fwd_bwd(module: nn.Module, x: Tensor) -> Callable[[], None]:
     return step
 
 
-def bench_layer(case: Case, device: torch.device, rounds: int, max_gmacs: float) -> dict[str, object]:
-    """Seconds per forward+backward of the k×k conv and each N-Jet variant (``None``: skipped, too slow)."""
+def bench_layer(case: Case, device: torch.device, rounds: int, max_gmacs: float,
+                memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, object]:
+    """Seconds per forward+backward of the k×k conv and each N-Jet variant (``None``: skipped, too slow), all on
+    one input in ``memory_format``."""
     c, k = case.channels, case.conv_kernel
-    x = torch.randn(case.batch, c, case.size, case.size, device=device, requires_grad=True)
+    x = torch.randn(case.batch, c, case.size, case.size, device=device).contiguous(memory_format=memory_format)
+    x.requires_grad_(True)
     njet = {impl: NJetConv2d(c, c, order=case.order, sigma=case.sigma, impl=impl)
             for impl in ("dense", "separable", "auto")}
     modules: dict[str, nn.Module] = {"conv": nn.Conv2d(c, c, k, padding=k // 2, bias=False), **njet}
@@ -225,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-layers", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="the layer table's input (the conv's and every N-Jet layer's) in channels-last format")
     parser.add_argument("--autotune", action="store_true",
                         help="auto chooses by timing the candidates once per shape (njet_layers.set_autotune)")
     args = parser.parse_args(argv)
@@ -238,11 +244,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     start = time.perf_counter()
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} load={_load()}")
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
     if not args.no_layers:
+        print(f"\nlayer input {'channels-last' if args.channels_last else 'NCHW'}")
         print("\n| size | batch | C | basis | σ | s | k×k conv ms | dense/conv | separable/conv | auto/conv (choice) |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for case in _cases(args):
-            r = bench_layer(case, device, args.rounds, args.max_gmacs)
+            r = bench_layer(case, device, args.rounds, args.max_gmacs, layout)
             base = float(r["conv"])  # type: ignore[arg-type]
             print(
                 f"| {case.size} | {case.batch} | {case.channels} | {describe_basis(case.order)} vs "

@@ -19,9 +19,9 @@ from .autotune import CANDIDATE_SPREAD, cached_choice, is_autotuning, measured_c
 from .axis_filters import anchor_sigma, anchored_mix, axis_filters, remix_alpha
 from .basis import BasisOrder, axis_orders, basis_size, compose_basis, describe_basis, filter_radius, is_tensor_basis
 from .basis_first import basis_first_conv2d, output_centers
+from .conv_layout import in_preferred_layout
 from .dispatch import IMPLS, Impl, KernelCache, impl_costs, is_tracing, uses_grad
 from .fft_conv import fft_conv2d
-from .grouped_layout import in_preferred_layout
 from .kernel_compose import compose_kernel, compose_kernel_autograd
 from .sampled_conv import conv2d_at
 from .scale import DEFAULT_SIGMA_BOUNDS, bounded_sigma, check_sigma_bounds, positive_scalar

@@ -1,5 +1,6 @@
-"""The layout a grouped convolution larger than 3×3 runs in on the CPU (njet_layers/grouped_layout.py): which calls
-switch to channels-last, and that an N-Jet layer doing so returns the NCHW call's values, gradients and layout."""
+"""The layout an N-Jet layer's convolution larger than 3×3 trains in on the CPU (njet_layers/conv_layout.py): which
+calls switch to channels-last, and that an N-Jet layer doing so returns the NCHW call's values, gradients and
+layout."""
 
 import copy
 import math
@@ -9,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from njet_layers import NJetConv2d, SafeSubsample
-from njet_layers.grouped_layout import MAX_CHANNELS_LAST_TAPS, in_preferred_layout, prefers_channels_last
+from njet_layers import NJetConv2d, SafeSubsample, conv_layout
+from njet_layers.conv_layout import MAX_CHANNELS_LAST_TAPS, in_preferred_layout, prefers_channels_last
 
 
 @pytest.mark.parametrize(
@@ -19,16 +20,34 @@ from njet_layers.grouped_layout import MAX_CHANNELS_LAST_TAPS, in_preferred_layo
         ((2, 8, 9, 9), (8, 1, 5, 5), 8, False, True),  # depthwise 5×5: switches
         ((2, 8, 9, 9), (8, 2, 5, 5), 4, False, True),  # grouped, not depthwise
         ((2, 8, 9, 9), (8, 1, 3, 3), 8, False, False),  # 3×3 has its own fast NCHW kernel
-        ((2, 8, 9, 9), (8, 8, 5, 5), 1, False, False),  # ungrouped
+        ((2, 16, 9, 9), (8, 16, 5, 5), 1, False, True),  # ungrouped 5×5 (on an AVX-512 host): switches too
+        ((2, 16, 9, 9), (8, 16, 3, 3), 1, False, False),  # ungrouped 3×3: the original conv's own call
+        ((2, 15, 9, 9), (8, 15, 5, 5), 1, False, False),  # ungrouped, fewer than MIN_CHANNELS_LAST_INPUTS inputs
+        ((2, 16, 9, 9), (8, 16, 9, 9), 1, False, True),  # ungrouped up to MAX_CHANNELS_LAST_SIZE
+        ((2, 16, 9, 9), (8, 16, 11, 11), 1, False, False),  # larger: oneDNN's channels-last path collapses
+        ((2, 1400, 9, 9), (4, 1400, 5, 5), 1, False, True),  # the grouped bank limit does not apply
         ((2, 8, 9, 9), (8, 1, 5, 5), 8, True, False),  # already channels-last
         ((2, 1400, 9, 9), (1400, 1, 5, 5), 1400, False, False),  # bank over MAX_CHANNELS_LAST_TAPS
     ],
 )
-def test_which_convolutions_run_channels_last(shape, weight, groups, channels_last, expected) -> None:
+def test_which_convolutions_run_channels_last(shape, weight, groups, channels_last, expected, monkeypatch) -> None:
+    monkeypatch.setattr(conv_layout, "_has_avx512", lambda: True)
     x = torch.randn(shape)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     assert prefers_channels_last(x, torch.randn(weight, requires_grad=True), groups) is expected
+
+
+def test_ungrouped_filters_keep_nchw_without_avx512(monkeypatch) -> None:
+    """Measured slower channels-last on an AVX2 host (docs/layer.md): there only grouped filters switch."""
+    monkeypatch.setattr(conv_layout, "_has_avx512", lambda: False)
+    x = torch.randn(2, 16, 9, 9)
+    assert not prefers_channels_last(x, torch.randn(8, 16, 5, 5, requires_grad=True), 1)
+    assert prefers_channels_last(x, torch.randn(16, 1, 5, 5, requires_grad=True), 16)
+
+
+def test_the_host_check_reads_torchs_cpu_capability() -> None:
+    assert conv_layout._has_avx512() == ("AVX512" in torch.backends.cpu.get_cpu_capability())
 
 
 def test_only_a_recorded_filter_gradient_switches() -> None:
@@ -96,6 +115,28 @@ def test_a_depthwise_njet_layer_at_5x5_matches_the_nchw_conv(monkeypatch) -> Non
     params = (x, layer.alpha, layer.log_sigma)
     for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(reference, params, g), strict=True):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_an_ungrouped_njet_layer_at_5x5_matches_the_nchw_conv(monkeypatch) -> None:
+    """σ = 1 makes a jet layer fitted to 3×3 a 5×5 filter: its dense path trains channels-last, with the NCHW call's
+    output and gradients; in eval mode it keeps NCHW."""
+    monkeypatch.setattr(conv_layout, "_has_avx512", lambda: True)
+    torch.manual_seed(0)
+    layer = NJetConv2d(16, 8, order=3, sigma=1.0, impl="dense").train()
+    assert layer.kernel_size == 5
+    x = torch.randn(2, 16, 13, 11, requires_grad=True)
+    switched = _spy(monkeypatch)
+    out = layer(x)
+    assert switched == [True]
+    reference = F.conv2d(x, layer.kernel(), layer.bias, 1, 2)
+    assert out.is_contiguous() and torch.allclose(out, reference, atol=1e-5)
+    g = torch.randn_like(out)
+    params = (x, layer.alpha, layer.log_sigma)
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(reference, params, g), strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        layer.eval()(x)
+    assert switched == [True, False]
 
 
 def test_a_fused_depthwise_subsampling_at_5x5_keeps_its_gradients(monkeypatch) -> None:
