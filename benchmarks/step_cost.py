@@ -4,6 +4,7 @@ in one run so machine load hits them alike; median seconds and the ratio to the 
 
     python benchmarks/step_cost.py --threads 2 --rounds 8
     python benchmarks/step_cost.py --threads 2 --rounds 8 --channels-last   # every network and input channels-last
+    python benchmarks/step_cost.py --threads 2 --rounds 8 --sigma 1   # every N-Jet σ at 1: filters grown to 5×5
 
 Networks: the real ImageNet MobileNetV2 (batch 16 at 128 px by default) and the zoo's CIFAR ResNet-32 (random
 init, batch 64 at 32 px). Both conversions use safe subsampling (the default), so strided convs become stride-1
@@ -14,6 +15,7 @@ conversion").
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -24,6 +26,9 @@ from torch import Tensor, nn
 
 import njet_convert
 from njet_convert.host_memory import host_memory_summary, reuse_host_memory
+from njet_convert.training.config import FinetuneConfig
+from njet_convert.training.resolution_search import converted_points, hold_factors
+from njet_layers import NJetConv2d
 
 __all__ = ["main"]
 
@@ -39,6 +44,22 @@ def _step(model: nn.Module, x: Tensor, y: Tensor) -> Callable[[], None]:
         opt.step()
 
     return step
+
+
+@torch.no_grad()
+def _with_sigma(model: nn.Module, sigma: float | None) -> nn.Module:
+    """``model`` with every N-Jet layer's σ at ``sigma`` (clamped to the layer's bounds) and its subsampling factors
+    held on their strides' grid as fine-tuning holds them (``FinetuneConfig.factor_hold``); as it is for ``None``."""
+    if sigma is None:
+        return model
+    for layer in model.modules():
+        if isinstance(layer, NJetConv2d):
+            lo, hi = layer.sigma_bounds
+            layer.log_sigma.fill_(math.log(min(max(sigma, lo), hi)))
+    hold = FinetuneConfig().factor_hold
+    if hold is not None and converted_points(model):
+        hold_factors(model, hold)
+    return model
 
 
 def _networks(args: argparse.Namespace) -> list[tuple[str, Callable[[], nn.Module], int, int]]:
@@ -58,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=16, help="MobileNetV2 batch")
     parser.add_argument("--channels-last", action="store_true",
                         help="run every network (the originals too) and its input in channels-last memory format")
+    parser.add_argument("--sigma", type=float, default=None,
+                        help="set every N-Jet layer's σ to this (inside its bounds), factors held as fine-tuning "
+                             "holds them: a network whose σ has grown, e.g. 1 (5×5 filters where the fit left 3×3)")
     parser.add_argument("--plain-memory", action="store_true",
                         help="leave PyTorch's and glibc's allocation settings as they are (default: reuse host "
                              "memory across steps, njet_convert.host_memory)")
@@ -69,14 +93,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
     print(f"SGD training step, CPU, {args.threads} threads, median of {args.rounds} interleaved rounds"
-          + (", channels-last" if args.channels_last else "") + f"; host memory: {memory}")
+          + (", channels-last" if args.channels_last else "")
+          + (f", every N-Jet σ at {args.sigma:g}" if args.sigma is not None else "") + f"; host memory: {memory}")
     print(f"| {'network':<32} | {'variant':<18} | {'ms / step':>9} | {'ratio':>5} |")
     print(f"|{'-' * 34}|{'-' * 20}|{'-' * 11}|{'-' * 7}|")
     for label, build, size, batch in _networks(args):
         original = build()
         variants = {"original": original}
         for order in ("exact", 3):
-            variants[f"N-Jet order {order}"] = njet_convert.convert(original, order=order)[0]
+            variants[f"N-Jet order {order}"] = _with_sigma(njet_convert.convert(original, order=order)[0], args.sigma)
         for model in variants.values():
             model.to(memory_format=layout)
         x, y = torch.randn(batch, 3, size, size).contiguous(memory_format=layout), torch.randint(0, 10, (batch,))
