@@ -203,7 +203,7 @@ def sigma_as_scale(original: nn.Module, model: nn.Module, x1: Tensor, xs: Tensor
     the resolution search's move on the first stage (``rescale_stage``: every σ of the stage and its factor, α of
     an over-complete jet refitted to the dilated kernel, docs/design.md "The jet's scale move")."""
     reference = original(x1).argmax(1)
-    original_model = copy.deepcopy(model).eval()
+    moved = copy.deepcopy(model).eval()
     model = copy.deepcopy(model).eval()
     out = {"as converted": _scores(model(xs), reference, y)}
     layer = _layers(model)[0][1]
@@ -212,7 +212,6 @@ def sigma_as_scale(original: nn.Module, model: nn.Module, x1: Tensor, xs: Tensor
     for point in points:
         point.start_at(point.anchor * scale)
     out["σ and factor ×scale"] = _scores(model(xs), reference, y)
-    moved = copy.deepcopy(original_model)
     rescale_stage(moved, resolution_stages(moved, xs[:2])[0], math.log2(scale))
     out["the search's move (α refitted where the jet is over-complete)"] = _scores(moved(xs), reference, y)
     return out
@@ -254,8 +253,8 @@ def _print_octave_table(title: str, model: nn.Module, batches: list, loss_fn) ->
 
 
 def _scores(logits: Tensor, reference: Tensor, labels: Tensor) -> tuple[float, float]:
-    pred = logits.argmax(1)
-    return 100.0 * float((pred == labels).float().mean()), 100.0 * float((pred == reference).float().mean())
+    """Accuracy and agreement with ``reference`` (%)."""
+    return _agreement(logits, labels), _agreement(logits, reference)
 
 
 def _digit_batches(scale: float, count: int, batch: int) -> list[tuple[Tensor, Tensor]]:
@@ -332,6 +331,7 @@ def _print_mobilenet_scale_table(scale: float, count: int, size: int) -> None:
 
 
 def _agreement(logits: Tensor, reference: Tensor) -> float:
+    """How often (%) the top-1 class of ``logits`` is ``reference``."""
     return 100.0 * float((logits.argmax(1) == reference).float().mean())
 
 

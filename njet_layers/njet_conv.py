@@ -164,10 +164,14 @@ class NJetConv2d(nn.Module):
     @property
     def radius(self) -> int:
         """Filter half-width ``ceil(k * sigma)``, capped by ``max_kernel_size``."""
-        cap = None if self.max_kernel_size is None else (self.max_kernel_size - 1) // 2
         lo, hi = self.sigma_bounds
         with torch.no_grad():  # the value of `sigma`, without recording the clamp for autograd
             sigma = self.log_sigma.clamp(math.log(lo), math.log(hi)).exp()
+        return self.radius_at(sigma)
+
+    def radius_at(self, sigma: float | Tensor) -> int:
+        """The half-width this layer's filter has at ``sigma``: ``ceil(k * sigma)``, capped by ``max_kernel_size``."""
+        cap = None if self.max_kernel_size is None else (self.max_kernel_size - 1) // 2
         return filter_radius(sigma, self.k, cap)
 
     @property

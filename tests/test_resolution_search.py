@@ -388,6 +388,21 @@ def test_a_jet_stage_moves_as_a_scale_its_alpha_refitted_to_the_dilated_kernel(j
     assert _accuracy(jet_cnn, x, y) > max(0.85, before + 0.2)
 
 
+def test_the_choice_names_the_layers_whose_alpha_was_refitted(jet_cnn, digits) -> None:
+    """Fine-tuning drops the optimiser state of exactly these: the record is made from the start, since the move can
+    grow a refitted layer's filter past the over-complete rule (σ 0.28 → 0.55: 3×3 → 5×5)."""
+    from njet_convert.fitting.dilation import dilates_by_refit
+
+    stages = resolution_stages(jet_cnn, _zoomed(digits[0], 2.0)[:2])
+    first = stages[0].layers[0]
+    layer = dict(jet_cnn.named_modules())[first]
+    assert dilates_by_refit(layer)
+    choice = rescale_stage(jet_cnn, stages[0], 1.0)
+    assert first in choice.refitted and choice.as_dict()["refitted"] == list(choice.refitted)
+    assert layer.kernel_size == 5 and not dilates_by_refit(layer)
+    assert rescale_stage(jet_cnn, stages[1], 0.0).refitted == ()
+
+
 def test_staying_leaves_a_jet_layers_alpha_exactly_as_it_was(jet_cnn, digits) -> None:
     x = _zoomed(digits[0], 2.0)
     stages = resolution_stages(jet_cnn, x[:2])

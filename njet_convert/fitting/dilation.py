@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from njet_layers import NJetConv2d, filter_radius, gaussian_basis
+from njet_layers import NJetConv2d, gaussian_basis
 from njet_layers.basis import basis_size, is_tensor_basis
 
 from .exact_fit import fit_exact
@@ -38,24 +38,26 @@ def dilates_by_refit(layer: NJetConv2d) -> bool:
     the refit's dilation error is below α kept's in 13 of 15 layers; on 5×5 both read 0.02–0.05). A tensor basis
     dilates with α kept; dilated taps (the lossless conversion's) are left as they are.
     """
-    if is_tensor_basis(layer.order) or tuple(layer.dilation) != (1, 1):
-        return False
-    return basis_size(layer.order) >= layer.kernel_size**2
+    return _unit_jet(layer) and basis_size(layer.order) >= layer.kernel_size**2
 
 
 def dilated_alpha(layer: NJetConv2d, alpha: Tensor, sigma: float, new_sigma: float) -> Tensor:
     """α of ``layer`` (the paper's jet) at ``new_sigma`` whose kernel is, in least squares, the kernel ``alpha``
     compose at ``sigma`` dilated by ``new_sigma / sigma``; in ``alpha``'s dtype and device."""
-    if is_tensor_basis(layer.order) or tuple(layer.dilation) != (1, 1):
+    if not _unit_jet(layer):
         raise ValueError(f"dilated_alpha is for the paper's jet with unit tap spacing, not {layer.basis_name}")
     kernel = _jet_kernel(layer, alpha, sigma)
     target = _dilated(kernel, layer.k, new_sigma / sigma)
     return fit_at_sigma(target, layer.order, layer.k, new_sigma).alpha.to(alpha)
 
 
+def _unit_jet(layer: NJetConv2d) -> bool:
+    return not is_tensor_basis(layer.order) and tuple(layer.dilation) == (1, 1)
+
+
 def _jet_kernel(layer: NJetConv2d, alpha: Tensor, sigma: float) -> Tensor:
     """The kernel ``[O, I/g, s, s]`` (float64) that ``alpha`` composes on ``layer``'s jet at ``sigma``."""
-    radius = filter_radius(sigma, layer.k)
+    radius = layer.radius_at(sigma)
     basis = gaussian_basis(layer.order, torch.tensor(sigma, dtype=torch.float64), layer.k, radius=radius)
     return torch.einsum("oim,mhw->oihw", alpha.detach().cpu().double(), basis)
 

@@ -26,10 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from njet_layers import NJetConv2d, SafeSubsample, autotuning
+from njet_layers import SafeSubsample, autotuning
 
 from ..errors import first_line
-from ..fitting.dilation import dilates_by_refit
 from .checkpoint import (
     CHECKPOINT_NAME,
     RunProgress,
@@ -343,12 +342,8 @@ class _Trainer:
         state points at the α it replaced, so drop it."""
         modules = dict(self.model.named_modules())
         for choice in choices:
-            if choice.sigma_octave == 0.0:
-                continue
-            for name in choice.stage.layers:
-                layer = modules[name]
-                if isinstance(layer, NJetConv2d) and dilates_by_refit(layer):
-                    self.optimizer.state.pop(layer.alpha, None)
+            for name in choice.refitted:
+                self.optimizer.state.pop(modules[name].alpha, None)
 
     # -- set-up and results ---------------------------------------------------------------------------------
     def _start(self, state: dict[str, Any] | None) -> None:

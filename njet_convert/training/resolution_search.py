@@ -80,6 +80,7 @@ class StageChoice:
     losses: dict[str, float] = field(default_factory=dict)  # "σ octave/factor octave": loss
     costs: dict[str, float] = field(default_factory=dict)  # the same keys: the network's cost (with a budget)
     z_scores: dict[str, float] = field(default_factory=dict)  # the same keys: standard errors of the drop vs staying
+    refitted: tuple[str, ...] = ()  # the jet layers whose α the move refitted to their dilated kernel
 
     def describe(self) -> str:
         """``point: σ 0.47 → 0.95, factor 2 → 4``, the line a run prints."""
@@ -93,7 +94,7 @@ class StageChoice:
                 "factor_octave": self.factor_octave, "sigma_before": self.sigma_before,
                 "sigma_after": self.sigma_after, "factor_before": self.factor_before,
                 "factor_after": self.factor_after, "losses": dict(self.losses), "costs": dict(self.costs),
-                "z_scores": dict(self.z_scores)}
+                "z_scores": dict(self.z_scores), "refitted": list(self.refitted)}
 
 
 @torch.no_grad()
@@ -263,8 +264,10 @@ def _choice(stage: Stage, move: Move, scaled: list[nn.Module], start: _Start,
     sigma = ((math.exp(start.log_sigma[first]), float(first.sigma.detach())) if first is not None else
              (math.nan, math.nan))
     keyed = [{f"{a:g}/{b:g}": v for (a, b), v in (table or {}).items()} for table in (losses, costs, z_scores)]
+    layers = scaled[:len(stage.layers)]  # the point with a σ of its own comes last
+    refitted = tuple(name for name, module in zip(stage.layers, layers, strict=True) if start.refitted(module))
     return StageChoice(stage, move[0], move[1], *sigma, factor_before, point.factor if point is not None else None,
-                       *keyed)
+                       *keyed, refitted)
 
 
 def _stage_point(modules: dict[str, nn.Module], stage: Stage) -> SafeSubsample | None:
@@ -354,6 +357,10 @@ class _Start:
     def of(cls, modules: Sequence[nn.Module]) -> _Start:
         jets = [m for m in modules if isinstance(m, NJetConv2d) and dilates_by_refit(m)]
         return cls({m: float(m.log_sigma.detach()) for m in modules}, {m: m.alpha.detach().clone() for m in jets})
+
+    def refitted(self, layer: nn.Module) -> bool:
+        """Whether ``layer``'s α now is a refit: a jet layer whose σ has left its start."""
+        return layer in self.alpha and float(layer.log_sigma) != self.log_sigma[layer]
 
     def alpha_at(self, layer: nn.Module, log_sigma: float) -> Tensor:
         """α of ``layer`` at ``log_sigma``: its start α there, else its kernel dilated (computed once per σ)."""

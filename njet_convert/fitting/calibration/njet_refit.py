@@ -137,9 +137,8 @@ def candidate_sigmas(layer: NJetConv2d, orig: nn.Module, k: float, per_size: int
 
 def _bases(layer: NJetConv2d, candidates: list[float]) -> tuple[dict[float, Tensor], int]:
     """Every candidate's basis, zero-padded to the largest candidate's size, and that radius."""
-    cap = None if layer.max_kernel_size is None else (layer.max_kernel_size - 1) // 2
     bases = {s: gaussian_basis(layer.order, torch.tensor(s, dtype=torch.float64), layer.k,
-                               radius=filter_radius(s, layer.k, cap)).to(torch.float32).to(layer.alpha.device)
+                               radius=layer.radius_at(s)).to(torch.float32).to(layer.alpha.device)
              for s in candidates}
     pad = max((b.shape[-1] - 1) // 2 for b in bases.values())
     return {s: embed_basis(b, pad) for s, b in bases.items()}, pad
